@@ -1,0 +1,112 @@
+"""Filesystem primitives: atomic writes, opening beneath a root without following links, tree walks."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = (
+    "Signature",
+    "atomic_write_bytes",
+    "hash_beneath",
+    "list_tree",
+    "open_beneath",
+    "signature",
+    "walk_tree",
+)
+
+Signature = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns): any write changes one of them
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def signature(st: os.stat_result) -> Signature:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory: all or nothing."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def open_beneath(root: Path, name: str) -> int:
+    """Open root/name for reading, refusing a symlink at every component (no escape from root).
+
+    Raises OSError (ELOOP, ENOTDIR, ENOENT...) when the path is not a plain chain of directories ending
+    in a non-link; the caller still has to check that the fd is a regular file.
+    """
+    parts = name.split("/")
+    dfd = os.open(root, _DIR_FLAGS)
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, _DIR_FLAGS, dir_fd=dfd)
+            os.close(dfd)
+            dfd = nfd
+        return os.open(parts[-1], _OPEN_FLAGS, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def hash_beneath(root: Path, name: str, expected: Signature | None) -> tuple[str, os.stat_result] | None:
+    """SHA-256 of root/name if it is a regular file that did not change while it was read, else None."""
+    try:
+        fd = open_beneath(root, name)
+    except OSError:
+        return None
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode) or (expected is not None and signature(before) != expected):
+            return None
+        h = hashlib.sha256()
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        after = os.fstat(fd)
+        if signature(after) != signature(before):
+            return None
+        return h.hexdigest(), after
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def walk_tree(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """(relative POSIX name, lstat) of everything below root; symlinked directories are not entered."""
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        base = os.path.join(root, rel) if rel else str(root)
+        with contextlib.suppress(OSError), os.scandir(base) as it:
+            for de in it:
+                name = f"{rel}/{de.name}" if rel else de.name
+                try:
+                    st = de.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                yield name, st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(name)
+
+
+def list_tree(root: Path) -> list[tuple[str, os.stat_result]]:
+    return list(walk_tree(root))

@@ -1,0 +1,246 @@
+"""Wiring (SPEC 8): start order, child supervision, finalization, the grace period and the exit status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any, Literal
+
+from aiohttp import web
+
+from sidecar.config import Settings
+from sidecar.logs import get_logger
+from sidecar.manifest import Entry, ManifestStore
+from sidecar.metrics import Metrics
+from sidecar.notify import Notifier
+from sidecar.pusher import Pusher
+from sidecar.server import API_KEY, Hooks, build_app
+from sidecar.supervise import Child
+from sidecar.toolresults import ToolResultsWatcher
+from sidecar.watcher import ArtifactWatcher
+
+__all__ = ("Deliveries", "Sidecar")
+
+log = get_logger("sidecar.lifecycle")
+
+DRAIN_S = 5.0  # SPEC 8 step 4: in-flight responses get this long
+FAST_EXIT_S = 0.5  # a second signal: what is left of the drain
+
+
+class Deliveries:
+    """Which contents were downloaded in full: whole 200 bodies, or 206 ranges that together cover them."""
+
+    def __init__(self) -> None:
+        self._cover: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        self._done: set[tuple[str, str]] = set()
+        self.changed = asyncio.Event()
+
+    def served(self, entry: Entry, start: int, end: int) -> None:
+        key = (entry.name, entry.sha256)
+        if key in self._done:
+            return
+        spans = sorted([*self._cover.get(key, []), (start, end)])
+        merged: list[tuple[int, int]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self._cover[key] = merged
+        if merged[0][0] <= 0 and merged[0][1] >= entry.size_bytes:
+            self._done.add(key)
+            self._cover.pop(key, None)
+            self.changed.set()
+
+    def delivered(self, entry: Entry) -> bool:
+        return (entry.name, entry.sha256) in self._done or entry.size_bytes == 0
+
+
+class Sidecar:
+    """One daemon: `serve` (no child) or `run` (supervising CMD)."""
+
+    def __init__(self, settings: Settings, mode: Literal["serve", "run"], command: Sequence[str] = ()) -> None:
+        self.settings = settings
+        self.mode = mode
+        self.command = list(command)
+        self.metrics = Metrics()
+        token = settings.auth_token.get_secret_value() if settings.auth_token else None
+        self.store = ManifestStore(
+            settings.state_dir.absolute(),
+            chat_id=settings.chat_id,
+            public_base_url=settings.public_base_url,
+            auth_token=token,
+            ttl=settings.signed_url_ttl,
+        )
+        root = settings.artifacts_dir.absolute()
+        self.watcher = ArtifactWatcher(
+            root, self.store, self.metrics, settle=settings.settle_s, rescan=settings.rescan_interval
+        )
+        self.toolresults = ToolResultsWatcher(settings, self.store, self.watcher, self.metrics)
+        self.pusher = Pusher(settings, self.store, self.metrics) if settings.ui_push_url else None
+        self.deliveries = Deliveries()
+        self.notifier = Notifier.from_env()
+        self.listening = False
+        self.finalize_requested = asyncio.Event()
+        self.released = asyncio.Event()
+        self.fast_exit = asyncio.Event()
+        self.child: Child | None = None
+        self._final_task: asyncio.Task[None] | None = None
+        self._signals = 0
+
+    # ---- hooks for the HTTP server -------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self.listening and self.watcher.first_scan.is_set()
+
+    async def request_finalize(self) -> str:
+        self.finalize_requested.set()
+        # Let the finalization step in, so the answer already says `finalizing`.
+        for _ in range(3):
+            if self.store.state != "running":
+                break
+            await asyncio.sleep(0)
+        return self.store.state if self.store.state != "running" else "finalizing"
+
+    async def release(self) -> None:
+        if not self.released.is_set():
+            self.released.set()
+            log.info("lifecycle.released", state=self.store.state)
+
+    # ---- the whole life ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        s = self.settings
+        s.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(self.store.load)
+        hooks = Hooks(self.ready, self.request_finalize, self.release, self.watcher.nudge, self.deliveries.served)
+        app = build_app(s, self.store, self.metrics, hooks)
+        runner = web.AppRunner(
+            app, handle_signals=False, access_log=None, shutdown_timeout=DRAIN_S, keepalive_timeout=30
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, s.host, s.port, reuse_address=True, backlog=1024)
+        await site.start()
+        port = self._bound_port(runner) or s.port
+        log.info("http.listening", host=s.host, port=port, url=f"http://{s.host}:{port}")
+        self.listening = True
+        await self.store.commit(state="running")
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        tasks = [asyncio.create_task(self.watcher.run(), name="watcher")]
+        tasks.append(asyncio.create_task(self.toolresults.run(), name="tool-results"))
+        if self.pusher is not None:
+            tasks.append(asyncio.create_task(self.pusher.run(), name="pusher"))
+        exit_code = 0
+        try:
+            await self.watcher.first_scan.wait()
+            self.notifier.send("READY=1")
+            tasks.append(asyncio.create_task(self.notifier.watchdog(), name="watchdog"))
+            if self.mode == "run":
+                self.child = Child(self.command)
+                self.child.start(loop)
+                log.info("lifecycle.child_started", pid=self.child.pid, command=self.command[0])
+                exit_code = await self._wait_child_or_fast_exit()
+            else:
+                await self._wait_any(self.finalize_requested)
+            if not self.fast_exit.is_set():
+                await self._race_fast_exit(self._finalize_and_grace())
+        finally:
+            self.notifier.send("STOPPING=1")
+            api = app[API_KEY]
+            api.close_streams()
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            if self.fast_exit.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(runner.cleanup(), FAST_EXIT_S)
+            else:
+                await runner.cleanup()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            if self.child is not None:
+                self.child.close(loop)
+        log.info("lifecycle.exit", code=exit_code, version=self.store.version)
+        return exit_code
+
+    @staticmethod
+    def _bound_port(runner: web.AppRunner) -> int | None:
+        for addr in runner.addresses:
+            if isinstance(addr, tuple) and len(addr) >= 2:
+                return int(addr[1])
+        return None
+
+    def _on_stop_signal(self, sig: int) -> None:
+        if self.child is not None and self.child.alive:
+            self.child.forward(sig)  # while the child lives, SIGTERM/SIGINT are the child's business
+            return
+        self._signals += 1
+        if self._signals == 1 and self.mode == "serve" and not self.finalize_requested.is_set():
+            self.finalize_requested.set()
+        else:
+            self.fast_exit.set()
+
+    async def _wait_any(self, event: asyncio.Event) -> None:
+        waits = [asyncio.create_task(event.wait()), asyncio.create_task(self.fast_exit.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _wait_child_or_fast_exit(self) -> int:
+        assert self.child is not None
+        status = await self.child.wait()
+        log.info("lifecycle.child_exited", pid=self.child.pid, status=status)
+        return status
+
+    async def _race_fast_exit(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        stop = asyncio.create_task(self.fast_exit.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _finalize_and_grace(self) -> None:
+        s = self.settings
+        log.info("lifecycle.finalizing", version=self.store.version)
+        self.notifier.send("STOPPING=1")
+        await self.store.commit(state="finalizing")
+        flush_s = s.settle_s + 5.0
+        await self.watcher.flush(flush_s)
+        await self.toolresults.flush(flush_s)
+        await self.watcher.flush(flush_s)
+        await self.store.commit(state="final")
+        log.info("lifecycle.final", version=self.store.version, artifacts=len(self.store.entries))
+        deadline = time.monotonic() + s.grace_period
+        while not self.released.is_set():
+            waiting = [e for e in self.store.entries.values() if not self.deliveries.delivered(e)]
+            if not waiting:
+                log.info("lifecycle.delivered", artifacts=len(self.store.entries))
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("lifecycle.grace_expired", undelivered=[e.name for e in waiting][:20], count=len(waiting))
+                break
+            self.deliveries.changed.clear()
+            waits = [asyncio.create_task(self.deliveries.changed.wait()), asyncio.create_task(self.released.wait())]
+            try:
+                await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+        if self.pusher is not None:
+            await self.pusher.settle(max(0.0, deadline - time.monotonic()))

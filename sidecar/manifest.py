@@ -1,0 +1,386 @@
+"""The manifest: published artifacts and refusals, versioned, persisted atomically in the state dir."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from sidecar.fsutil import atomic_write_bytes
+from sidecar.media import artifact_type, needs_sandbox
+from sidecar.security import encode_path, signed_query
+
+__all__ = (
+    "Change",
+    "Entry",
+    "Identity",
+    "ManifestStore",
+    "Rejected",
+    "State",
+    "rfc3339",
+)
+
+State = Literal["running", "finalizing", "final"]
+STATE_FILE = "manifest.json"
+CHANGE_LOG = 512  # batches kept for SSE resume (SPEC 5 asks for at least the last 256 changes)
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_rfc3339(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Identity:
+    """What was hashed: a served file must still be exactly this inode, size and mtime."""
+
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> Identity:
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Entry:
+    name: str
+    sha256: str
+    size_bytes: int
+    mime_type: str
+    mtime: float
+    created_at: float
+    identity: Identity
+    source: Literal["file", "data-url"] = "file"
+    origin: str | None = None
+    declared_mime_type: str | None = None
+    path: str = ""
+    headers: tuple[tuple[str, str], ...] = ()  # prepared once at publication, copied into every response
+
+    def __post_init__(self) -> None:
+        path = encode_path(self.name)
+        object.__setattr__(self, "path", path)
+        basename = self.name.rsplit("/", 1)[-1]
+        headers = [
+            ("Content-Type", self.mime_type),
+            ("ETag", f'"{self.sha256}"'),
+            ("Last-Modified", formatdate(self.mtime, usegmt=True)),
+            ("Accept-Ranges", "bytes"),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Content-Disposition", f"inline; filename*=UTF-8''{quote(basename, safe='')}"),
+        ]
+        if needs_sandbox(self.mime_type):
+            headers.append(("Content-Security-Policy", "sandbox"))
+        object.__setattr__(self, "headers", tuple(headers))
+
+    @property
+    def id(self) -> str:
+        return "artf_" + self.sha256[:16]
+
+    def public(self) -> dict[str, Any]:
+        """The SPEC 6 fields that do not depend on settings (url and ttl are added by the store)."""
+        doc: dict[str, Any] = {
+            "id": self.id,
+            "type": artifact_type(self.mime_type),
+            "display_name": self.name.rsplit("/", 1)[-1],
+            "name": self.name,
+            "path": self.path,
+            "url": None,
+            "mime_type": self.mime_type,
+            "size_bytes": self.size_bytes,
+            "sha256": self.sha256,
+            "created_at": rfc3339(self.created_at),
+            "modified_at": rfc3339(self.mtime),
+            "ttl_seconds": 0,
+            "source": self.source,
+            "origin": self.origin,
+        }
+        if self.declared_mime_type:
+            doc["declared_mime_type"] = self.declared_mime_type
+        return doc
+
+    def same_publication(self, other: Entry) -> bool:
+        """True when nothing a client can see differs (the inode may have changed)."""
+        return (
+            self.sha256 == other.sha256
+            and self.mtime == other.mtime
+            and self.mime_type == other.mime_type
+            and self.source == other.source
+            and self.origin == other.origin
+            and self.declared_mime_type == other.declared_mime_type
+        )
+
+    def to_state(self) -> dict[str, Any]:
+        i = self.identity
+        return {
+            "name": self.name,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "mime_type": self.mime_type,
+            "mtime": self.mtime,
+            "created_at": self.created_at,
+            "identity": [i.dev, i.ino, i.size, i.mtime_ns],
+            "source": self.source,
+            "origin": self.origin,
+            "declared_mime_type": self.declared_mime_type,
+        }
+
+    @classmethod
+    def from_state(cls, doc: dict[str, Any]) -> Entry:
+        dev, ino, size, mtime_ns = doc["identity"]
+        return cls(
+            name=doc["name"],
+            sha256=doc["sha256"],
+            size_bytes=int(doc["size_bytes"]),
+            mime_type=doc["mime_type"],
+            mtime=float(doc["mtime"]),
+            created_at=float(doc["created_at"]),
+            identity=Identity(dev, ino, size, mtime_ns),
+            source=doc.get("source", "file"),
+            origin=doc.get("origin"),
+            declared_mime_type=doc.get("declared_mime_type"),
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rejected:
+    origin: str
+    reason: str
+    detail: str
+    offset: int | None = None
+
+    @property
+    def key(self) -> str:
+        return self.origin if self.offset is None else f"{self.origin}#{self.offset}"
+
+    def public(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"origin": self.origin, "reason": self.reason, "detail": self.detail}
+        if self.offset is not None:
+            doc["offset"] = self.offset
+        return doc
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Change:
+    """One committed batch: the version it reached and what it changed (for SSE and pushes)."""
+
+    from_version: int
+    version: int
+    upserted: tuple[str, ...]
+    removed: tuple[str, ...]
+    state_changed: bool
+
+
+class ManifestStore:
+    """The single writer of the manifest. Every mutation goes through `commit`, which persists before
+    anything becomes visible, so a SIGKILL never loses what a client has seen."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        chat_id: str | None = None,
+        public_base_url: str | None = None,
+        auth_token: str | None = None,
+        ttl: int = 3600,
+    ) -> None:
+        self.state_dir = state_dir
+        self.chat_id = chat_id
+        self.public_base_url = public_base_url
+        self.auth_token = auth_token
+        self.ttl = ttl
+        self.sidecar_id = ""
+        self.version = 0
+        self.state: State = "running"
+        self.entries: dict[str, Entry] = {}
+        self.rejected: dict[str, Rejected] = {}
+        self.changes: deque[Change] = deque(maxlen=CHANGE_LOG)
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._cache: tuple[int, float, bytes] | None = None
+
+    # ---- persistence -------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Read the state dir (blocking, at start only): sidecar_id, version and entries survive restarts."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path = self.state_dir / STATE_FILE
+        try:
+            doc = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            doc = None
+        except (OSError, ValueError):
+            # A corrupt state file must not stop the daemon: keep it aside, start over with a new version line.
+            with contextlib.suppress(OSError):
+                os.replace(path, path.with_name(f"{STATE_FILE}.corrupt-{int(time.time())}"))
+            doc = None
+        if doc is None:
+            self.sidecar_id = str(uuid.uuid4())
+            atomic_write_bytes(path, json.dumps(self._state_doc(0, self.entries, self.rejected, "running")).encode())
+            return
+        self.sidecar_id = str(doc["sidecar_id"])
+        self.version = int(doc["version"])
+        self.state = doc.get("state", "running")
+        for item in doc.get("entries", []):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                e = Entry.from_state(item)
+                self.entries[e.name] = e
+        for item in doc.get("rejected", []):
+            with contextlib.suppress(KeyError, TypeError):
+                r = Rejected(item["origin"], item["reason"], item.get("detail", ""), item.get("offset"))
+                self.rejected[r.key] = r
+
+    def _state_doc(
+        self, version: int, entries: dict[str, Entry], rejected: dict[str, Rejected], state: State
+    ) -> dict[str, Any]:
+        return {
+            "schema": 1,
+            "sidecar_id": self.sidecar_id,
+            "version": version,
+            "state": state,
+            "entries": [e.to_state() for e in entries.values()],
+            "rejected": [r.public() for r in rejected.values()],
+        }
+
+    # ---- mutation ----------------------------------------------------------------------
+
+    async def commit(
+        self,
+        *,
+        upserts: Iterable[Entry] = (),
+        removals: Iterable[str] = (),
+        rejected_add: Iterable[Rejected] = (),
+        rejected_remove: Iterable[str] = (),
+        state: State | None = None,
+    ) -> Change | None:
+        """Apply a batch; every visible difference is one version step. Returns None when nothing changed."""
+        async with self._lock:
+            entries = dict(self.entries)
+            rejected = dict(self.rejected)
+            steps = 0
+            upserted: list[str] = []
+            removed: list[str] = []
+            silent = False
+            for e in upserts:
+                old = entries.get(e.name)
+                if old is not None and old.same_publication(e):
+                    if old.identity != e.identity:
+                        entries[e.name] = dataclasses.replace(e, created_at=old.created_at)
+                        silent = True
+                    continue
+                if old is not None:
+                    e = dataclasses.replace(e, created_at=old.created_at)
+                entries[e.name] = e
+                upserted.append(e.name)
+                steps += 1
+            for name in removals:
+                if entries.pop(name, None) is not None:
+                    removed.append(name)
+                    steps += 1
+            for key in rejected_remove:
+                if rejected.pop(key, None) is not None:
+                    steps += 1
+            for r in rejected_add:
+                if rejected.get(r.key) != r:
+                    rejected[r.key] = r
+                    steps += 1
+            new_state = self.state
+            if state is not None and state != self.state:
+                new_state = state
+                steps += 1
+            if steps == 0 and not silent:
+                return None
+            version = self.version + steps
+            doc = json.dumps(self._state_doc(version, entries, rejected, new_state)).encode()
+            await asyncio.to_thread(atomic_write_bytes, self.state_dir / STATE_FILE, doc)
+            state_changed = new_state != self.state
+            self.entries, self.rejected, self.state = entries, rejected, new_state
+            if steps == 0:
+                return None
+            change = Change(self.version, version, tuple(upserted), tuple(removed), state_changed)
+            self.version = version
+            self.changes.append(change)
+            self._cache = None
+            event, self._changed = self._changed, asyncio.Event()
+            event.set()
+            return change
+
+    # ---- reading -----------------------------------------------------------------------
+
+    async def wait_change(self, timeout: float) -> bool:
+        """Wait for the next commit; False on timeout."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def wait_version_above(self, version: int, timeout: float) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.version <= version:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0 or not await self.wait_change(left):
+                return
+
+    def entry_doc(self, e: Entry, now: float | None = None) -> dict[str, Any]:
+        doc = e.public()
+        doc["ttl_seconds"] = self.ttl
+        if self.public_base_url:
+            url = self.public_base_url + e.path
+            if self.auth_token:
+                url += "?" + signed_query(self.auth_token, e.path, self.ttl, now)
+            doc["url"] = url
+        return doc
+
+    def document(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "schema": 1,
+            "sidecar_id": self.sidecar_id,
+            "chat_id": self.chat_id,
+            "version": self.version,
+            "state": self.state,
+            "generated_at": rfc3339(now),
+            "artifacts": [self.entry_doc(self.entries[n], now) for n in sorted(self.entries)],
+            "rejected": [r.public() for _, r in sorted(self.rejected.items())],
+        }
+
+    def body(self) -> bytes:
+        """The manifest as JSON bytes, cached per version (re-made now and then so signed URLs stay fresh)."""
+        now = time.monotonic()
+        cached = self._cache
+        if cached is not None and cached[0] == self.version and now - cached[1] < min(60.0, self.ttl / 4):
+            return cached[2]
+        body = json.dumps(self.document(), ensure_ascii=False, separators=(",", ":")).encode()
+        self._cache = (self.version, now, body)
+        return body
+
+    def changes_since(self, version: int) -> list[Change] | None:
+        """The batches after `version`, or None when they are no longer all kept."""
+        if version >= self.version:
+            return []
+        kept = [c for c in self.changes if c.version > version]
+        if not kept or kept[0].from_version > version:
+            return None
+        return kept
+
+    @staticmethod
+    def parse_time(text: str) -> float:
+        return _parse_rfc3339(text)

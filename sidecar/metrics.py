@@ -1,0 +1,31 @@
+"""Prometheus metrics of SPEC section 10, in a registry of their own (no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+__all__ = ("CONTENT_TYPE", "Metrics")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.published = Counter("sidecar_artifacts_published", "Artifacts published (files and data URLs)", registry=r)
+        self.removed = Counter("sidecar_artifacts_removed", "Artifacts removed", registry=r)
+        self.materialized = Counter("sidecar_datauri_materialized", "Data URLs written as artifacts", registry=r)
+        self.rejected = Counter("sidecar_datauri_rejected", "Data URLs refused", ["reason"], registry=r)
+        self.push_attempts = Counter("sidecar_push_attempts", "Pushes to the UI by outcome", ["outcome"], registry=r)
+        self.uploads = Counter("sidecar_upload_attempts", "Object-storage uploads by outcome", ["outcome"], registry=r)
+        self.response_bytes = Counter("sidecar_http_response_bytes", "HTTP response body bytes sent", registry=r)
+        self.publish_latency = Histogram(
+            "sidecar_publish_latency_seconds",
+            "From a file's last change to its publication",
+            buckets=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0),
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

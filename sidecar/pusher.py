@@ -1,0 +1,167 @@
+"""Pushing to the UI (SPEC 7): newest first, one at a time, retried with backoff, acknowledgements persisted."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from email.utils import parsedate_to_datetime
+
+import aiohttp
+
+from sidecar.config import Settings
+from sidecar.fsutil import atomic_write_bytes
+from sidecar.logs import get_logger
+from sidecar.manifest import ManifestStore
+from sidecar.metrics import Metrics
+
+__all__ = ("Pusher", "backoff_delay", "retry_after_seconds")
+
+log = get_logger("sidecar.pusher")
+
+PUSH_TIMEOUT_S = 10.0
+BACKOFF_BASE_S = 0.25
+BACKOFF_CAP_S = 10.0
+RETRY_AFTER_CAP_S = 120.0
+RETRYABLE = frozenset({408, 425, 429})
+STATE_FILE = "push.json"
+
+
+def backoff_delay(attempt: int, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (attempt counts from 0)."""
+    return rng.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** min(attempt, 16))))
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds or an HTTP date (RFC 9110 10.2.3); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), RETRY_AFTER_CAP_S)
+    try:
+        return min(max(0.0, parsedate_to_datetime(value).timestamp() - time.time()), RETRY_AFTER_CAP_S)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+class _Retry(Exception):
+    def __init__(self, reason: str, wait: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.wait = wait
+
+
+class Pusher:
+    def __init__(self, settings: Settings, store: ManifestStore, metrics: Metrics) -> None:
+        assert settings.ui_push_url is not None
+        self.url = settings.ui_push_url
+        self.mode = settings.ui_push_mode
+        self.chat_id = settings.chat_id
+        self.token = settings.ui_token.get_secret_value() if settings.ui_token else None
+        self.store = store
+        self.metrics = metrics
+        self.path = settings.state_dir.absolute() / STATE_FILE
+        self.acked_version = 0
+        self.acked: dict[str, str] = {}  # cache mode: name -> sha256 the UI acknowledged
+        self.failed: set[str] = set()  # Idempotency-Keys refused with a 4xx: never retried
+        self.rng = random.Random()  # noqa: S311 - jitter, not cryptography
+
+    # ---- persistence -------------------------------------------------------------------
+
+    def _load(self) -> None:
+        try:
+            doc = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            return
+        if doc.get("sidecar_id") != self.store.sidecar_id:
+            return
+        self.acked_version = int(doc.get("acked_version", 0))
+        self.acked = {str(k): str(v) for k, v in doc.get("acked", {}).items()}
+
+    def _save(self) -> None:
+        doc = {"sidecar_id": self.store.sidecar_id, "acked_version": self.acked_version, "acked": self.acked}
+        atomic_write_bytes(self.path, json.dumps(doc).encode())
+
+    # ---- the loop ------------------------------------------------------------------------
+
+    def _next(self) -> tuple[str, bytes, str | None, int] | None:
+        """(Idempotency-Key, body, name or None, version) of the newest thing not yet acknowledged."""
+        store = self.store
+        if self.mode == "manifest":
+            key = f"{store.sidecar_id}:{store.version}"
+            if store.version <= self.acked_version or key in self.failed:
+                return None
+            return key, store.body(), None, store.version
+        for name in sorted(store.entries):
+            e = store.entries[name]
+            key = f"{store.sidecar_id}:{e.id}"
+            if self.acked.get(name) == e.sha256 or key in self.failed:
+                continue
+            body = json.dumps({"chatId": self.chat_id, "artifact": store.entry_doc(e)}).encode()
+            return key, body, name, store.version
+        return None
+
+    async def run(self) -> None:
+        await asyncio.to_thread(self._load)
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        timeout = aiohttp.ClientTimeout(total=PUSH_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+            attempt = 0
+            while True:
+                work = self._next()
+                if work is None:
+                    attempt = 0
+                    await self.store.wait_change(3600)
+                    continue
+                key, body, name, version = work
+                try:
+                    await self._post(session, key, body, name, version)
+                    attempt = 0
+                except _Retry as r:
+                    wait = r.wait if r.wait is not None else backoff_delay(attempt, self.rng)
+                    self.metrics.push_attempts.labels(outcome="retry").inc()
+                    log.info(
+                        "push.retry",
+                        key=key,
+                        version=version,
+                        attempt=attempt + 1,
+                        wait_s=round(wait, 3),
+                        reason=r.reason,
+                    )
+                    attempt += 1
+                    await asyncio.sleep(wait)  # then the newest wins: _next() looks again
+
+    async def _post(
+        self, session: aiohttp.ClientSession, key: str, body: bytes, name: str | None, version: int
+    ) -> None:
+        try:
+            async with session.post(self.url, data=body, headers={"Idempotency-Key": key}) as resp:
+                await resp.read()
+                status = resp.status
+                retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise _Retry(type(e).__name__) from None
+        if 200 <= status < 300:
+            self.metrics.push_attempts.labels(outcome="ok").inc()
+            if name is None:
+                self.acked_version = max(self.acked_version, version)
+            else:
+                self.acked[name] = json.loads(body)["artifact"]["sha256"]
+            await asyncio.to_thread(self._save)
+            log.info("push.ok", key=key, version=version, status=status, name=name)
+            return
+        if status in RETRYABLE or status >= 500:
+            raise _Retry(f"HTTP {status}", retry_after)
+        self.metrics.push_attempts.labels(outcome="failed").inc()
+        self.failed.add(key)
+        log.warning("push.failed", key=key, version=version, status=status, name=name)
+
+    async def settle(self, timeout: float) -> None:
+        """Give an unacknowledged push up to `timeout` seconds (never past the grace period)."""
+        deadline = time.monotonic() + timeout
+        while self._next() is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)

@@ -1,0 +1,92 @@
+"""Pure checks at the HTTP edge: artifact names from request paths, bearer tokens, signed URLs."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from urllib.parse import quote, unquote_to_bytes
+
+__all__ = (
+    "TEMP_SUFFIXES",
+    "bearer_ok",
+    "encode_path",
+    "is_publishable_name",
+    "name_from_raw_path",
+    "sign",
+    "signature_ok",
+    "signed_query",
+)
+
+# Writers use these while a file is being written; they are never published (SPEC 3).
+TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
+
+# RFC 3986 pchar minus the characters that break markdown, HTML attributes and shells: ' ( ) *
+_PATH_SAFE = "-._~!$&+,;=:@"
+
+
+def encode_path(name: str) -> str:
+    """`/artifacts/<name>`, percent-encoded one segment at a time (SPEC 6)."""
+    return "/artifacts/" + "/".join(quote(seg, safe=_PATH_SAFE) for seg in name.split("/"))
+
+
+def is_publishable_name(name: str) -> bool:
+    """True when a relative POSIX name may ever be published: no dot component, no temp suffix."""
+    if not name or name.startswith("/"):
+        return False
+    parts = name.split("/")
+    if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        return False
+    return not parts[-1].endswith(TEMP_SUFFIXES)
+
+
+def name_from_raw_path(raw_path: str) -> str | None:
+    """The artifact name a raw request path asks for, or None if it can never name one.
+
+    Each segment is percent-decoded on its own, so `%2F` never makes a new segment; anything that is
+    not clean UTF-8, or holds a separator, NUL, control character or dot component, names nothing.
+    """
+    path = raw_path.split("?", 1)[0]
+    if not path.startswith("/artifacts/"):
+        return None
+    segments: list[str] = []
+    for raw in path[len("/artifacts/") :].split("/"):
+        try:
+            seg = unquote_to_bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        if not seg or "/" in seg or "\\" in seg or any(ord(c) < 0x20 or ord(c) == 0x7F for c in seg):
+            return None
+        segments.append(seg)
+    name = "/".join(segments)
+    return name if is_publishable_name(name) else None
+
+
+def bearer_ok(header: str | None, token: str) -> bool:
+    """`Authorization: Bearer <token>`, scheme case-insensitive, compared in constant time."""
+    if not header:
+        return False
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+def sign(token: str, path: str, expires: int) -> str:
+    """base64url (no padding) of HMAC-SHA256(token, path + "\\n" + expires) (SPEC 9)."""
+    mac = hmac.new(token.encode(), f"{path}\n{expires}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+
+
+def signed_query(token: str, path: str, ttl: int, now: float | None = None) -> str:
+    expires = int(now if now is not None else time.time()) + ttl
+    return f"expires={expires}&signature={sign(token, path, expires)}"
+
+
+def signature_ok(token: str, path: str, expires: str | None, signature: str | None, now: float | None = None) -> bool:
+    if not expires or not signature or not expires.isdigit() or len(expires) > 12:
+        return False
+    if int(expires) < (now if now is not None else time.time()):
+        return False
+    return hmac.compare_digest(sign(token, path, int(expires)).encode(), signature.encode())

@@ -1,0 +1,420 @@
+"""HTTP (SPEC 5, 9): artifacts served from the in-memory manifest, the manifest itself, events, health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from email.utils import parsedate_to_datetime
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import hdrs, web
+from aiohttp_sse import sse_response
+from multidict import CIMultiDict
+
+from sidecar.config import Settings
+from sidecar.logs import get_logger
+from sidecar.manifest import Entry, Identity, ManifestStore
+from sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from sidecar.metrics import Metrics
+from sidecar.security import bearer_ok, name_from_raw_path, signature_ok
+
+__all__ = ("API_KEY", "Api", "Hooks", "build_app", "parse_range")
+
+log = get_logger("sidecar.http")
+
+SETTLE_WAIT_S = 5.0  # SPEC 5: a settling name waits this long before 404
+MAX_LONG_POLL_S = 60.0
+SMALL_BODY = 64 * 1024  # below this one pread + one write beats the sendfile machinery
+SSE_PING_S = 15.0
+PREFLIGHT_HEADERS = "Authorization, Range, If-None-Match, If-Modified-Since, If-Range, Last-Event-ID, Content-Type"
+EXPOSE_HEADERS = "Content-Length, Content-Range, Accept-Ranges, ETag, Last-Modified, Content-Disposition"
+OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_ERROR_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    416: "range_not_satisfiable",
+    431: "headers_too_large",
+    503: "not_ready",
+}
+
+
+@dataclasses.dataclass
+class Hooks:
+    """What the server asks of the lifecycle: readiness, finalize/release, download accounting."""
+
+    ready: Callable[[], bool]
+    finalize: Callable[[], Awaitable[str]]
+    release: Callable[[], Awaitable[None]]
+    nudge: Callable[[str], None]
+    served: Callable[[Entry, int, int], None]  # a body [start, end) went out in full
+
+
+def _error(status: int, detail: str | None = None, headers: dict[str, str] | None = None) -> web.Response:
+    code = _ERROR_CODES.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_")
+    body = json.dumps({"error": code, "detail": detail or HTTPStatus(status).phrase}).encode()
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+def _etag_list(value: str) -> list[str]:
+    return [t.strip() for t in value.split(",") if t.strip()]
+
+
+def _weak_match(header: str, etag: str) -> bool:
+    """If-None-Match uses the weak comparison (RFC 9110 8.8.3.2)."""
+    return any(tag == "*" or tag.removeprefix("W/") == etag for tag in _etag_list(header))
+
+
+def _http_date(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
+    """One byte range [start, end) from a Range header; None to ignore the header; False if unsatisfiable."""
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None  # other units are ignored; several ranges get the whole body (SPEC 5 allows 200)
+    first, dash, last = spec.strip().partition("-")
+    first, last = first.strip(), last.strip()
+    if not dash or (first and not first.isdigit()) or (last and not last.isdigit()) or not (first or last):
+        return None
+    if not first:
+        n = int(last)
+        if n == 0 or size == 0:
+            return False
+        return max(0, size - n), size
+    start = int(first)
+    if start >= size:
+        return False
+    end = size if not last else min(int(last) + 1, size)
+    if end <= start:
+        return None  # last < first is a syntax error: ignore the header
+    return start, end
+
+
+class Api:
+    def __init__(self, settings: Settings, store: ManifestStore, metrics: Metrics, hooks: Hooks) -> None:
+        self.settings = settings
+        self.root = settings.artifacts_dir.absolute()
+        self.store = store
+        self.metrics = metrics
+        self.hooks = hooks
+        self.token = settings.auth_token.get_secret_value() if settings.auth_token else None
+        self.any_origin = "*" in settings.cors_origins
+        self.origins = frozenset(settings.cors_origins)
+        self._streams: set[asyncio.Task[Any]] = set()
+
+    def _track(self) -> asyncio.Task[Any] | None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._streams.add(task)
+        return task
+
+    def close_streams(self) -> None:
+        """At exit: end event streams and long polls now instead of waiting out the drain."""
+        for task in self._streams:
+            task.cancel()
+
+    # ---- middlewares and signals -------------------------------------------------------
+
+    @web.middleware
+    async def errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as e:
+            if e.status < 400:
+                raise
+            keep = {k: v for k, v in e.headers.items() if k in (hdrs.ALLOW, hdrs.WWW_AUTHENTICATE, hdrs.CONTENT_RANGE)}
+            return _error(e.status, e.reason, keep)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception:
+            log.exception("http.error", path=request.path)
+            return _error(500, "internal error")
+
+    @web.middleware
+    async def preflight_and_auth(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.method == hdrs.METH_OPTIONS:
+            return self._preflight(request)
+        if self.token is None or request.path in OPEN_ROUTES:
+            return await handler(request)
+        if bearer_ok(request.headers.get(hdrs.AUTHORIZATION), self.token):
+            return await handler(request)
+        if request.method in (hdrs.METH_GET, hdrs.METH_HEAD) and request.raw_path.startswith("/artifacts/"):
+            path = request.raw_path.split("?", 1)[0]
+            q = request.query
+            if signature_ok(self.token, path, q.get("expires"), q.get("signature")):
+                return await handler(request)
+        return _error(401, "a bearer token or a valid signed URL is needed", {hdrs.WWW_AUTHENTICATE: "Bearer"})
+
+    def _preflight(self, request: web.Request) -> web.Response:
+        resp = web.Response(status=204, headers={hdrs.ALLOW: "GET, HEAD, POST, OPTIONS"})
+        if self._allowed_origin(request.headers.get(hdrs.ORIGIN)) is not None:
+            resp.headers[hdrs.ACCESS_CONTROL_ALLOW_METHODS] = "GET, HEAD, POST, OPTIONS"
+            resp.headers[hdrs.ACCESS_CONTROL_ALLOW_HEADERS] = PREFLIGHT_HEADERS
+            resp.headers[hdrs.ACCESS_CONTROL_MAX_AGE] = "600"
+        return resp
+
+    def _allowed_origin(self, origin: str | None) -> str | None:
+        if self.any_origin:
+            return "*"
+        if origin and origin in self.origins:
+            return origin
+        return None
+
+    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """CORS on every response, streamed ones included (SPEC 5)."""
+        allowed = self._allowed_origin(request.headers.get(hdrs.ORIGIN))
+        if not self.any_origin:
+            response.headers.add(hdrs.VARY, "Origin")
+        if allowed is not None:
+            response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = allowed
+            response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSE_HEADERS
+
+    # ---- artifacts -------------------------------------------------------------------
+
+    def _may_be_published(self, name: str) -> bool:
+        """On disk as a regular file under plain directories: worth waiting for while it settles."""
+        parts = name.split("/")
+        path = self.root
+        try:
+            for part in parts[:-1]:
+                path = path / part
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    return False
+            return stat.S_ISREG(os.lstat(path / parts[-1]).st_mode)
+        except OSError:
+            return False
+
+    def _open(self, entry: Entry) -> int | None:
+        """The published inode itself, or None when the file changed since publication."""
+        try:
+            fd = os.open(self.root / entry.name, _OPEN_FLAGS)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            return None
+        if not stat.S_ISREG(st.st_mode) or Identity.of(st) != entry.identity:
+            os.close(fd)
+            return None
+        return fd
+
+    async def artifact(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "HEAD"])
+        name = name_from_raw_path(request.raw_path)
+        if name is None:
+            raise web.HTTPNotFound(reason="no such artifact")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_WAIT_S
+        while True:
+            entry = self.store.entries.get(name)
+            fd = self._open(entry) if entry is not None else None
+            if fd is not None and entry is not None:
+                break
+            # Not published yet, or rewritten since: wait for the publication if it can come (SPEC 5).
+            left = deadline - loop.time()
+            if left <= 0 or not self._may_be_published(name):
+                raise web.HTTPNotFound(reason="no such artifact")
+            self.hooks.nudge(name)
+            await self.store.wait_change(min(left, 0.25))
+        try:
+            return await self._send(request, entry, fd)
+        finally:
+            os.close(fd)
+
+    async def _send(self, request: web.Request, entry: Entry, fd: int) -> web.StreamResponse:
+        size = entry.size_bytes
+        headers = CIMultiDict(entry.headers)
+        if request.query.get("download") in ("1", "true", "yes"):
+            headers[hdrs.CONTENT_DISPOSITION] = "attachment" + headers[hdrs.CONTENT_DISPOSITION][len("inline") :]
+        etag = headers[hdrs.ETAG]
+        inm = request.headers.get(hdrs.IF_NONE_MATCH)
+        if inm is not None:
+            if _weak_match(inm, etag):
+                return web.Response(status=304, headers=headers)
+        else:
+            ims = _http_date(request.headers.get(hdrs.IF_MODIFIED_SINCE))
+            if ims is not None and math.floor(entry.mtime) <= ims:
+                return web.Response(status=304, headers=headers)
+        start, end, status = 0, size, 200
+        range_header = request.headers.get(hdrs.RANGE)
+        if range_header is not None and request.method == hdrs.METH_GET and self._if_range_ok(request, entry, etag):
+            rng = parse_range(range_header, size)
+            if rng is False:
+                return _error(416, "range not satisfiable", {hdrs.CONTENT_RANGE: f"bytes */{size}"})
+            if isinstance(rng, tuple):
+                start, end = rng
+                status = 206
+                headers[hdrs.CONTENT_RANGE] = f"bytes {start}-{end - 1}/{size}"
+        count = end - start
+        headers[hdrs.CONTENT_LENGTH] = str(count)
+        if request.method == hdrs.METH_HEAD:
+            resp = web.StreamResponse(status=status, headers=headers)
+            await resp.prepare(request)
+            await resp.write_eof()
+            return resp
+        if count <= SMALL_BODY:
+            body = os.pread(fd, count, start)
+            if len(body) != count:
+                raise web.HTTPNotFound(reason="the file changed while it was read")
+            resp = web.Response(status=status, headers=headers, body=body)
+            await resp.prepare(request)
+            await resp.write_eof()
+        else:
+            resp = web.StreamResponse(status=status, headers=headers)
+            await resp.prepare(request)
+            transport = request.transport
+            if transport is None:
+                raise ConnectionResetError("connection lost")
+            with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+                await asyncio.get_running_loop().sendfile(transport, f, start, count)
+            await resp.write_eof()
+        self.metrics.response_bytes.inc(count)
+        self.hooks.served(entry, start, end)
+        return resp
+
+    @staticmethod
+    def _if_range_ok(request: web.Request, entry: Entry, etag: str) -> bool:
+        """If-Range: a strong ETag match or the exact Last-Modified date; else send the whole body."""
+        value = request.headers.get(hdrs.IF_RANGE)
+        if value is None:
+            return True
+        value = value.strip()
+        if value.startswith(("W/", '"')):
+            return value == etag
+        when = _http_date(value)
+        return when is not None and when == math.floor(entry.mtime)
+
+    async def no_listing(self, request: web.Request) -> web.StreamResponse:
+        raise web.HTTPNotFound(reason="no listings")
+
+    # ---- manifest, events, lifecycle -----------------------------------------------------
+
+    async def manifest(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        try:
+            since = int(q["since"]) if "since" in q else None
+            wait = float(q["wait"]) if "wait" in q else 0.0
+        except ValueError:
+            raise web.HTTPBadRequest(reason="since must be an integer and wait a number of seconds") from None
+        if not math.isfinite(wait):
+            raise web.HTTPBadRequest(reason="wait must be a finite number of seconds")
+        wait = min(max(wait, 0.0), MAX_LONG_POLL_S)
+        if since is not None and wait > 0:
+            task = self._track()
+            try:
+                await self.store.wait_version_above(since, wait)
+            finally:
+                self._streams.discard(task)
+        etag = f'"{self.store.version}"'
+        headers = {hdrs.ETAG: etag, hdrs.CACHE_CONTROL: "no-cache"}
+        inm = request.headers.get(hdrs.IF_NONE_MATCH)
+        if inm is not None and _weak_match(inm, etag):
+            return web.Response(status=304, headers=headers)
+        body = self.store.body()
+        self.metrics.response_bytes.inc(len(body))
+        return web.Response(body=body, content_type="application/json", headers=headers)
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        last = request.headers.get("Last-Event-ID", "").strip()
+        task = self._track()
+        try:
+            return await self._stream_events(request, last)
+        finally:
+            self._streams.discard(task)
+
+    async def _stream_events(self, request: web.Request, last: str) -> web.StreamResponse:
+        store = self.store
+        async with sse_response(request, ping_interval=SSE_PING_S) as sse:
+            cur = int(last) if last.lstrip("-").isdigit() else None
+            if cur is None or store.changes_since(cur) is None:
+                await sse.send(store.body().decode(), event="manifest", id=str(store.version))
+                cur = store.version
+            while sse.is_connected():
+                changes = store.changes_since(cur)
+                if changes is None:
+                    await sse.send(store.body().decode(), event="manifest", id=str(store.version))
+                    cur = store.version
+                    continue
+                if not changes:
+                    await store.wait_change(SSE_PING_S)
+                    continue
+                for ch in changes:
+                    if ch.upserted or ch.removed:
+                        now_entries = [store.entries[n] for n in ch.upserted if n in store.entries]
+                        doc = {
+                            "version": ch.version,
+                            "state": store.state,
+                            "upserted": [store.entry_doc(e) for e in now_entries],
+                            "removed": list(ch.removed),
+                        }
+                        await sse.send(json.dumps(doc), event="artifacts", id=str(ch.version))
+                    if ch.state_changed:
+                        doc = {"version": ch.version, "state": store.state}
+                        await sse.send(json.dumps(doc), event="state", id=str(ch.version))
+                    if not (ch.upserted or ch.removed or ch.state_changed):
+                        await sse.send(json.dumps({"version": ch.version}), event="artifacts", id=str(ch.version))
+                    cur = ch.version
+        return sse
+
+    async def finalize(self, request: web.Request) -> web.StreamResponse:
+        state = await self.hooks.finalize()
+        return web.json_response({"state": state}, status=202)
+
+    async def release(self, request: web.Request) -> web.StreamResponse:
+        await self.hooks.release()
+        return web.json_response({"state": self.store.state, "released": True}, status=202)
+
+    async def healthz(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        if self.hooks.ready():
+            return web.json_response({"status": "ready"})
+        return _error(503, "the first scan is not done")
+
+    async def metrics_route(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=self.metrics.render(), headers={hdrs.CONTENT_TYPE: METRICS_CONTENT_TYPE})
+
+
+API_KEY = web.AppKey("api", Api)
+
+
+def build_app(settings: Settings, store: ManifestStore, metrics: Metrics, hooks: Hooks) -> web.Application:
+    api = Api(settings, store, metrics, hooks)
+    app = web.Application(middlewares=[api.errors, api.preflight_and_auth], client_max_size=64 * 1024)
+    app[API_KEY] = api
+    app.on_response_prepare.append(api.on_prepare)
+    r = app.router
+    r.add_route("*", "/artifacts/{tail:.*}", api.artifact)
+    r.add_get("/artifacts", api.no_listing)
+    r.add_get("/v1/manifest", api.manifest, allow_head=False)
+    r.add_get("/v1/events", api.events, allow_head=False)
+    r.add_post("/v1/finalize", api.finalize)
+    r.add_post("/v1/release", api.release)
+    r.add_get("/healthz", api.healthz)
+    r.add_get("/readyz", api.readyz)
+    r.add_get("/metrics", api.metrics_route, allow_head=False)
+    return app

@@ -1,0 +1,171 @@
+"""Tool-results recovery (SPEC 4): watch the roots, and once a matching file is stable, materialize its data URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import stat
+import time
+from pathlib import Path
+
+from sidecar.config import Settings
+from sidecar.fsutil import Signature, list_tree, signature
+from sidecar.logs import get_logger
+from sidecar.manifest import ManifestStore, Rejected
+from sidecar.metrics import Metrics
+from sidecar.watcher import ArtifactWatcher, Provenance, Settler, watch_forever
+
+__all__ = ("ToolResultsWatcher", "compile_glob")
+
+log = get_logger("sidecar.toolresults")
+
+ROOT_POLL_S = 1.0  # how often a missing root is looked for (one stat; no watch can see it appear)
+
+
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """A glob over POSIX relative paths: `**/` spans any number of directories, `*` and `?` one segment."""
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                out.append(re.escape("["))
+                i += 1
+            else:
+                body = pattern[i + 1 : end].replace("\\", "\\\\")
+                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+                i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+class ToolResultsWatcher:
+    def __init__(self, settings: Settings, store: ManifestStore, artifacts: ArtifactWatcher, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.artifacts = artifacts
+        self.metrics = metrics
+        self.roots = [r.absolute() for r in settings.tool_results_dirs]
+        self.glob = compile_glob(settings.tool_results_glob)
+        self.settler = Settler(settings.settle_s)
+        self.done: dict[str, Signature] = {}  # what each file looked like after we processed (and maybe rewrote) it
+        self.busy = 0
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._settle_loop())
+            for root in self.roots:
+                tg.create_task(self._watch_root(root))
+
+    def _matches(self, root: Path, path: str) -> bool:
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        return not rel.startswith("..") and bool(self.glob.match(rel))
+
+    async def _watch_root(self, root: Path) -> None:
+        while not root.is_dir():
+            await asyncio.sleep(ROOT_POLL_S)
+        log.debug("toolresults.watching", root=str(root))
+        await self.scan_root(root)
+
+        async def handle(paths: list[str]) -> None:
+            for path in paths:
+                if self._matches(root, path):
+                    self._offer(path)
+                elif os.path.isdir(path) and not os.path.islink(path):
+                    await self.scan_root(root, Path(path))
+
+        await watch_forever(root, None, handle, lambda: self.scan_root(root))
+
+    def _offer(self, path: str) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            self.settler.drop(path)
+            return
+        if stat.S_ISREG(st.st_mode) and self.done.get(path) != signature(st):
+            self.settler.offer(path, st)
+
+    async def scan_root(self, root: Path, below: Path | None = None) -> None:
+        base = below or root
+        found = await asyncio.to_thread(list_tree, base)
+        for rel, st in found:
+            path = str(base / rel)
+            if stat.S_ISREG(st.st_mode) and self._matches(root, path) and self.done.get(path) != signature(st):
+                self.settler.offer(path, st)
+
+    async def scan(self) -> None:
+        for root in self.roots:
+            if root.is_dir():
+                await self.scan_root(root)
+
+    async def _settle_loop(self) -> None:
+        while True:
+            due = await self.settler.due()
+            for path, sig, _ in due:
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                if signature(st) != sig:
+                    self.settler.offer(path, st)
+                    continue
+                self.busy += 1
+                try:
+                    await self.process(Path(path))
+                except Exception:
+                    log.exception("datauri.source_failed", origin=path)
+                finally:
+                    self.busy -= 1
+
+    async def process(self, path: Path) -> None:
+        from sidecar.materialize import materialize_file  # the scanner is only loaded once a file needs it
+
+        try:
+            outcomes = await asyncio.to_thread(materialize_file, path, self.settings)
+        except OSError as e:
+            log.warning("datauri.unreadable", origin=str(path), error=str(e))
+            return
+        with contextlib.suppress(OSError):
+            self.done[str(path)] = signature(os.lstat(path))
+        origin = str(path)
+        rejected: list[Rejected] = []
+        for o in outcomes:
+            if o.status == "materialized" and o.name and o.sha256 and o.mime_type:
+                self.metrics.materialized.inc()
+                log.info("datauri.materialized", origin=origin, offset=o.offset, name=o.name, sha256=o.sha256)
+                prov = Provenance(o.sha256, o.mime_type, origin, o.declared_mime_type)
+                await self.artifacts.publish_known(o.name, prov)
+            elif o.status == "rejected":
+                reason = o.reason or "invalid"
+                self.metrics.rejected.labels(reason=reason).inc()
+                log.warning("datauri.rejected", origin=origin, offset=o.offset, reason=reason, detail=o.detail)
+                rejected.append(Rejected(origin, reason, o.detail or reason, o.offset))
+        keep = {r.key for r in rejected}
+        stale = [
+            k for k, r in self.store.rejected.items() if r.origin == origin and r.offset is not None and k not in keep
+        ]
+        await self.store.commit(rejected_add=rejected, rejected_remove=stale)
+
+    async def flush(self, timeout: float) -> None:
+        """Finalization: scan every root, then wait (bounded) until every stable file was processed."""
+        await self.scan()
+        deadline = time.monotonic() + timeout
+        while (self.settler.pending or self.busy) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)

@@ -1,0 +1,346 @@
+"""Publication (SPEC 3): watch the artifacts dir, wait for files to settle, hash off the loop, commit."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from watchfiles import Change, DefaultFilter, awatch
+
+from sidecar.fsutil import Signature, hash_beneath, list_tree, signature
+from sidecar.logs import get_logger
+from sidecar.manifest import Entry, Identity, ManifestStore, Rejected
+from sidecar.media import mime_from_name
+from sidecar.metrics import Metrics
+from sidecar.security import is_publishable_name
+
+__all__ = ("ArtifactWatcher", "Provenance", "Settler", "relevant_name", "watch_forever")
+
+log = get_logger("sidecar.watcher")
+
+# watchfiles groups events: it yields once no new event came for STEP_MS, at the latest after DEBOUNCE_MS.
+STEP_MS = 25
+DEBOUNCE_MS = 100
+
+
+def relevant_name(name: str) -> bool:
+    """A name that could be published: valid UTF-8, no dot component, no temp suffix."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes come through as surrogate escapes
+        return False
+    return is_publishable_name(name)
+
+
+class ArtifactFilter(DefaultFilter):
+    """Only paths that may be published or may hold publishable files; dot paths and temp names never."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(ignore_dirs=(), ignore_entity_patterns=(), ignore_paths=())
+        self.root = str(root)
+
+    def __call__(self, change: Change, path: str) -> bool:
+        rel = os.path.relpath(path, self.root)
+        return rel != "." and not rel.startswith("..") and relevant_name(rel.replace(os.sep, "/"))
+
+
+async def watch_forever(
+    root: Path,
+    watch_filter: DefaultFilter | None,
+    handle: Callable[[list[str]], Awaitable[None]],
+    rescan: Callable[[], Awaitable[None]],
+) -> None:
+    """awatch, restarted when it fails (a name that is not UTF-8 makes watchfiles raise), with a rescan to
+    catch what the failure hid; after repeated failures (no inotify, no watches left) it falls back to polling."""
+    failures = 0
+    force_polling: bool | None = None
+    while True:
+        try:
+            async for changes in awatch(
+                root,
+                watch_filter=watch_filter,
+                debounce=DEBOUNCE_MS,
+                step=STEP_MS,
+                recursive=True,
+                ignore_permission_denied=True,
+                force_polling=force_polling,
+            ):
+                failures = 0
+                await handle([path for _, path in changes])
+            return
+        except Exception as e:
+            failures += 1
+            if failures >= 3 and not force_polling:
+                force_polling = True
+            log.warning("watch.restarted", root=str(root), error=str(e), failures=failures, polling=bool(force_polling))
+            await asyncio.sleep(min(2.0, 0.05 * failures))
+            with contextlib.suppress(Exception):
+                await rescan()
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    sig: Signature
+    last_change: float  # wall clock: the file's ctime, or when we first saw it if its clock is off
+    due: float
+
+
+class Settler:
+    """Candidates wait here until their signature has been still for `settle` seconds (SPEC 3)."""
+
+    def __init__(self, settle: float) -> None:
+        self.settle = settle
+        self.pending: dict[str, _Pending] = {}
+        self.wake = asyncio.Event()
+
+    def offer(self, key: str, st: os.stat_result) -> None:
+        sig = signature(st)
+        old = self.pending.get(key)
+        if old is not None and old.sig == sig:
+            return
+        now = time.time()
+        last = min(now, st.st_ctime)
+        self.pending[key] = _Pending(sig, last, last + self.settle)
+        self.wake.set()
+
+    def drop(self, key: str) -> None:
+        self.pending.pop(key, None)
+
+    async def due(self) -> list[tuple[str, Signature, float]]:
+        """Wait until some candidate is due; return (key, signature, last change) and forget them."""
+        while True:
+            now = time.time()
+            ready = [(k, p.sig, p.last_change) for k, p in self.pending.items() if p.due <= now]
+            if ready:
+                for k, _, _ in ready:
+                    del self.pending[k]
+                return ready
+            self.wake.clear()
+            timeout = min((p.due for p in self.pending.values()), default=now + 3600) - now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), max(timeout, 0.001))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Provenance:
+    """Where a materialized data URL came from; applies while the file keeps this content."""
+
+    sha256: str
+    mime_type: str
+    origin: str
+    declared_mime_type: str | None
+
+
+class ArtifactWatcher:
+    """Keeps the manifest equal to the set of settled, publishable regular files under the root."""
+
+    def __init__(self, root: Path, store: ManifestStore, metrics: Metrics, *, settle: float, rescan: float) -> None:
+        self.root = root
+        self.store = store
+        self.metrics = metrics
+        self.settler = Settler(settle)
+        self.rescan_interval = rescan
+        self.provenance: dict[str, Provenance] = {}
+        self.first_scan = asyncio.Event()
+        self.hashing: set[str] = set()
+        self._idle = asyncio.Event()
+        self.on_publish: Callable[[Iterable[str]], None] | None = None
+
+    # ---- the long-lived task -------------------------------------------------------
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch())
+            tg.create_task(self._settle_loop())
+            await self.scan()
+            self.first_scan.set()
+            tg.create_task(self._rescan_loop())
+
+    async def _watch(self) -> None:
+        # Started before the first scan so that nothing written in between is missed.
+        await watch_forever(self.root, ArtifactFilter(self.root), self.examine, self.scan)
+
+    async def _rescan_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.rescan_interval)
+            try:
+                await self.scan()
+            except Exception:
+                log.exception("watch.rescan_failed")
+
+    async def _settle_loop(self) -> None:
+        while True:
+            due = await self.settler.due()
+            try:
+                await self._publish_due(due)
+            except Exception:
+                log.exception("watch.publish_failed")
+
+    # ---- examining paths -------------------------------------------------------------
+
+    def nudge(self, name: str) -> None:
+        """Someone asked for this name: look at it now, in case an event was missed."""
+        try:
+            st = os.lstat(self.root / name)
+        except OSError:
+            return
+        if stat.S_ISREG(st.st_mode):
+            entry = self.store.entries.get(name)
+            if entry is None or Identity.of(st) != entry.identity:
+                self.settler.offer(name, st)
+
+    async def examine(self, paths: Iterable[str]) -> None:
+        """React to watcher events: publish candidates, removals, symlinks, whole new directories."""
+        removals: list[str] = []
+        rejected_add: list[Rejected] = []
+        rejected_remove: list[str] = []
+        walk_dirs: list[str] = []
+        for path in paths:
+            rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+            if rel == "." or rel.startswith("../") or not relevant_name(rel):
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                self.settler.drop(rel)
+                removals += self._names_at(rel)
+                rejected_remove.append(path)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                self.settler.drop(rel)
+                removals += self._names_at(rel)
+                rejected_add.append(Rejected(path, "symlink", "symbolic links are never published"))
+            elif stat.S_ISDIR(st.st_mode):
+                walk_dirs.append(rel)
+                removals += [n for n in self._names_at(rel) if n == rel]
+            elif stat.S_ISREG(st.st_mode):
+                rejected_remove.append(path)
+                entry = self.store.entries.get(rel)
+                if entry is None or Identity.of(st) != entry.identity:
+                    self.settler.offer(rel, st)
+            else:  # FIFOs, sockets, devices: never published, never opened
+                removals += self._names_at(rel)
+        for rel in walk_dirs:
+            found = await asyncio.to_thread(list_tree, self.root / rel)
+            for sub, st in found:
+                name = f"{rel}/{sub}"
+                if not relevant_name(name):
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    rejected_add.append(
+                        Rejected(str(self.root / name), "symlink", "symbolic links are never published")
+                    )
+                elif stat.S_ISREG(st.st_mode):
+                    entry = self.store.entries.get(name)
+                    if entry is None or Identity.of(st) != entry.identity:
+                        self.settler.offer(name, st)
+        rejected_remove = [k for k in rejected_remove if k in self.store.rejected]
+        await self._commit(removals=removals, rejected_add=rejected_add, rejected_remove=rejected_remove)
+
+    def _names_at(self, rel: str) -> list[str]:
+        """The published names at rel or below it (a removed directory takes its files along)."""
+        prefix = rel + "/"
+        return [n for n in self.store.entries if n == rel or n.startswith(prefix)]
+
+    async def scan(self) -> None:
+        """Full reconciliation with the disk: the safety net under the events (SPEC 3)."""
+        found = await asyncio.to_thread(list_tree, self.root)
+        on_disk: set[str] = set()
+        links: set[str] = set()
+        for name, st in found:
+            if not relevant_name(name):
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                links.add(str(self.root / name))
+            elif stat.S_ISREG(st.st_mode):
+                on_disk.add(name)
+                entry = self.store.entries.get(name)
+                if entry is None or Identity.of(st) != entry.identity:
+                    self.settler.offer(name, st)
+        removals = [n for n in self.store.entries if n not in on_disk]
+        for n in removals:
+            self.settler.drop(n)
+        symlink_keys = {k for k, r in self.store.rejected.items() if r.reason == "symlink"}
+        await self._commit(
+            removals=removals,
+            rejected_add=[Rejected(p, "symlink", "symbolic links are never published") for p in links - symlink_keys],
+            rejected_remove=list(symlink_keys - links),
+        )
+
+    # ---- publishing --------------------------------------------------------------------
+
+    async def _publish_due(self, due: list[tuple[str, Signature, float]]) -> None:
+        names = [name for name, _, _ in due]
+        self.hashing.update(names)
+        try:
+            results = await asyncio.to_thread(lambda: [hash_beneath(self.root, n, sig) for n, sig, _ in due])
+        finally:
+            self.hashing.difference_update(names)
+        upserts: list[Entry] = []
+        latencies: list[float] = []
+        for (name, _sig, last_change), result in zip(due, results, strict=True):
+            if result is None:  # changed while hashed, gone, or no longer a regular file: look again
+                await self.examine([str(self.root / name)])
+                continue
+            sha, st = result
+            upserts.append(self._entry(name, sha, st))
+            latencies.append(max(0.0, time.time() - last_change))
+        change = await self._commit(upserts=upserts)
+        if change is not None:
+            for lat in latencies:
+                self.metrics.publish_latency.observe(lat)
+
+    def _entry(self, name: str, sha: str, st: os.stat_result) -> Entry:
+        prov = self.provenance.get(name)
+        if prov is not None and prov.sha256 != sha:
+            prov = None
+        return Entry(
+            name=name,
+            sha256=sha,
+            size_bytes=st.st_size,
+            mime_type=prov.mime_type if prov else mime_from_name(name),
+            mtime=st.st_mtime,
+            created_at=time.time(),
+            identity=Identity.of(st),
+            source="data-url" if prov else "file",
+            origin=prov.origin if prov else None,
+            declared_mime_type=prov.declared_mime_type if prov else None,
+        )
+
+    async def publish_known(self, name: str, prov: Provenance) -> None:
+        """Publish a file the sidecar itself wrote and hashed (a materialized data URL) without settling."""
+        self.provenance[name] = prov
+        result = await asyncio.to_thread(hash_beneath, self.root, name, None)
+        if result is not None:
+            sha, st = result
+            self.settler.drop(name)
+            await self._commit(upserts=[self._entry(name, sha, st)])
+
+    async def _commit(self, **kw: Any) -> Any:
+        change = await self.store.commit(**kw)
+        if change is None:
+            return None
+        for name in change.upserted:
+            e = self.store.entries[name]
+            self.metrics.published.inc()
+            log.info("artifact.published", name=name, sha256=e.sha256, size_bytes=e.size_bytes, version=change.version)
+        for name in change.removed:
+            self.metrics.removed.inc()
+            log.info("artifact.removed", name=name, version=change.version)
+        if self.on_publish is not None and change.upserted:
+            self.on_publish(change.upserted)
+        return change
+
+    async def flush(self, timeout: float) -> None:
+        """Finalization: rescan, then wait (bounded) until nothing is settling or being hashed."""
+        await self.scan()
+        deadline = time.monotonic() + timeout
+        while (self.settler.pending or self.hashing) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
