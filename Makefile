@@ -20,6 +20,7 @@ lint: venv
 	$(VENV)/bin/ruff check sidecar tests bench examples
 	$(VENV)/bin/ruff format --check sidecar tests bench examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile
 
 test: lint
 	$(VENV)/bin/pytest $(PYTEST_FLAGS) tests
