@@ -14,6 +14,7 @@ __all__ = (
     "atomic_write_bytes",
     "hash_beneath",
     "list_tree",
+    "lstat_many",
     "open_beneath",
     "signature",
     "walk_tree",
@@ -110,3 +111,13 @@ def walk_tree(root: Path) -> Iterator[tuple[str, os.stat_result]]:
 
 def list_tree(root: Path) -> list[tuple[str, os.stat_result]]:
     return list(walk_tree(root))
+
+
+def lstat_many(paths: list[str]) -> list[os.stat_result | None]:
+    out: list[os.stat_result | None] = []
+    for p in paths:
+        try:
+            out.append(os.lstat(p))
+        except OSError:
+            out.append(None)
+    return out

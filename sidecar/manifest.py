@@ -183,7 +183,7 @@ class Change:
 
     from_version: int
     version: int
-    upserted: tuple[str, ...]
+    upserted: tuple[Entry, ...]  # as they were published in this batch
     removed: tuple[str, ...]
     state_changed: bool
 
@@ -275,7 +275,7 @@ class ManifestStore:
             entries = dict(self.entries)
             rejected = dict(self.rejected)
             steps = 0
-            upserted: list[str] = []
+            upserted: list[Entry] = []
             removed: list[str] = []
             silent = False
             for e in upserts:
@@ -288,7 +288,7 @@ class ManifestStore:
                 if old is not None:
                     e = dataclasses.replace(e, created_at=old.created_at)
                 entries[e.name] = e
-                upserted.append(e.name)
+                upserted.append(e)
                 steps += 1
             for name in removals:
                 if entries.pop(name, None) is not None:

@@ -363,11 +363,10 @@ class Api:
                     continue
                 for ch in changes:
                     if ch.upserted or ch.removed:
-                        now_entries = [store.entries[n] for n in ch.upserted if n in store.entries]
                         doc = {
                             "version": ch.version,
                             "state": store.state,
-                            "upserted": [store.entry_doc(e) for e in now_entries],
+                            "upserted": [store.entry_doc(e) for e in ch.upserted],
                             "removed": list(ch.removed),
                         }
                         await sse.send(json.dumps(doc), event="artifacts", id=str(ch.version))

@@ -14,7 +14,7 @@ from typing import Any
 
 from watchfiles import Change, DefaultFilter, awatch
 
-from sidecar.fsutil import Signature, hash_beneath, list_tree, signature
+from sidecar.fsutil import Signature, hash_beneath, list_tree, lstat_many, signature
 from sidecar.logs import get_logger
 from sidecar.manifest import Entry, Identity, ManifestStore, Rejected
 from sidecar.media import mime_from_name
@@ -151,7 +151,6 @@ class ArtifactWatcher:
         self.first_scan = asyncio.Event()
         self.hashing: set[str] = set()
         self._idle = asyncio.Event()
-        self.on_publish: Callable[[Iterable[str]], None] | None = None
 
     # ---- the long-lived task -------------------------------------------------------
 
@@ -202,13 +201,15 @@ class ArtifactWatcher:
         rejected_add: list[Rejected] = []
         rejected_remove: list[str] = []
         walk_dirs: list[str] = []
+        wanted: list[tuple[str, str]] = []
         for path in paths:
             rel = os.path.relpath(path, self.root).replace(os.sep, "/")
-            if rel == "." or rel.startswith("../") or not relevant_name(rel):
-                continue
-            try:
-                st = os.lstat(path)
-            except OSError:
+            if rel != "." and not rel.startswith("../") and relevant_name(rel):
+                wanted.append((path, rel))
+        # A burst of events means thousands of lstat calls: they run off the event loop.
+        stats = await asyncio.to_thread(lstat_many, [path for path, _ in wanted])
+        for (path, rel), st in zip(wanted, stats, strict=True):
+            if st is None:
                 self.settler.drop(rel)
                 removals += self._names_at(rel)
                 rejected_remove.append(path)
@@ -327,15 +328,12 @@ class ArtifactWatcher:
         change = await self.store.commit(**kw)
         if change is None:
             return None
-        for name in change.upserted:
-            e = self.store.entries[name]
+        for e in change.upserted:
             self.metrics.published.inc()
-            log.info("artifact.published", name=name, sha256=e.sha256, size_bytes=e.size_bytes, version=change.version)
+            log.info("artifact.published", name=e.name, sha256=e.sha256, size_bytes=e.size_bytes, version=change.version)
         for name in change.removed:
             self.metrics.removed.inc()
             log.info("artifact.removed", name=name, version=change.version)
-        if self.on_publish is not None and change.upserted:
-            self.on_publish(change.upserted)
         return change
 
     async def flush(self, timeout: float) -> None:
