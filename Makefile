@@ -6,7 +6,7 @@ SHARED ?= ../shared
 CONFORMANCE ?= test_cli.py test_publish.py test_http.py test_manifest.py test_security.py
 PYTEST_FLAGS ?= -q
 
-.PHONY: venv lint test conformance demo bench clean
+.PHONY: venv lint test conformance demo demo-serve bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ conformance: venv
 
 demo: venv
 	$(PY) examples/demo.py
+
+demo-serve: venv
+	$(PY) examples/demo.py serve
 
 bench: venv
 	$(PY) bench/run.py

@@ -27,7 +27,12 @@ def gradient_png(width: int = 320, height: int = 200, hue: float = 0.0) -> bytes
             row += bytes((r, g, b))
         rows.append(bytes(row))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"".join(rows), 9)) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", ihdr)
+        + _chunk(b"IDAT", zlib.compress(b"".join(rows), 9))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def tiny_gif() -> bytes:
@@ -63,7 +68,11 @@ def bar_chart_svg(values: list[float], title: str = "Quarterly revenue") -> byte
     for i, v in enumerate(values):
         h = (height - 2 * pad) * v / top
         x = pad + i * bar + 4
-        parts.append(f'<rect x="{x:.1f}" y="{height - pad - h:.1f}" width="{bar - 8:.1f}" height="{h:.1f}" fill="steelblue"/>')
-        parts.append(f'<text x="{x + (bar - 8) / 2:.1f}" y="{height - 10}" text-anchor="middle" font-size="11">Q{i + 1}</text>')
+        parts.append(
+            f'<rect x="{x:.1f}" y="{height - pad - h:.1f}" width="{bar - 8:.1f}" height="{h:.1f}" fill="steelblue"/>'
+        )
+        parts.append(
+            f'<text x="{x + (bar - 8) / 2:.1f}" y="{height - 10}" text-anchor="middle" font-size="11">Q{i + 1}</text>'
+        )
     parts.append("</svg>")
     return "\n".join(parts).encode()

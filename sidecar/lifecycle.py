@@ -28,6 +28,7 @@ log = get_logger("sidecar.lifecycle")
 
 DRAIN_S = 5.0  # SPEC 8 step 4: in-flight responses get this long
 FAST_EXIT_S = 0.5  # a second signal: what is left of the drain
+TASK_STOP_S = 2.0  # how long a cancelled background task may take to end
 
 
 class Deliveries:
@@ -154,11 +155,15 @@ class Sidecar:
             self.notifier.send("STOPPING=1")
             api = app[API_KEY]
             api.close_streams()
+            if self.pusher is not None:
+                self.pusher.stop()
             for t in tasks:
                 t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            # A library may turn a cancellation into another exception and carry on (aiohttp's client
+            # timeout can); a task that has not ended after this is left behind, never waited for.
+            _, stuck = await asyncio.wait(tasks, timeout=TASK_STOP_S)
+            for t in stuck:
+                log.warning("lifecycle.task_stuck", task=t.get_name())
             if self.fast_exit.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(runner.cleanup(), FAST_EXIT_S)

@@ -67,6 +67,7 @@ class Pusher:
         self.acked: dict[str, str] = {}  # cache mode: name -> sha256 the UI acknowledged
         self.failed: set[str] = set()  # Idempotency-Keys refused with a 4xx: never retried
         self.rng = random.Random()  # noqa: S311 - jitter, not cryptography
+        self._stopping = False
 
     # ---- persistence -------------------------------------------------------------------
 
@@ -111,7 +112,7 @@ class Pusher:
         timeout = aiohttp.ClientTimeout(total=PUSH_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
             attempt = 0
-            while True:
+            while not self._stopping:
                 work = self._next()
                 if work is None:
                     attempt = 0
@@ -159,6 +160,10 @@ class Pusher:
         self.metrics.push_attempts.labels(outcome="failed").inc()
         self.failed.add(key)
         log.warning("push.failed", key=key, version=version, status=status, name=name)
+
+    def stop(self) -> None:
+        """No new attempt after this (the run task is cancelled too; this holds if a library eats that)."""
+        self._stopping = True
 
     async def settle(self, timeout: float) -> None:
         """Give an unacknowledged push up to `timeout` seconds (never past the grace period)."""

@@ -11,7 +11,6 @@ import stat
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
-from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp_sse import sse_response
@@ -116,18 +115,19 @@ class Api:
         self.token = settings.auth_token.get_secret_value() if settings.auth_token else None
         self.any_origin = "*" in settings.cors_origins
         self.origins = frozenset(settings.cors_origins)
-        self._streams: set[asyncio.Task[Any]] = set()
-
-    def _track(self) -> asyncio.Task[Any] | None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._streams.add(task)
-        return task
+        self.closing = asyncio.Event()
 
     def close_streams(self) -> None:
         """At exit: end event streams and long polls now instead of waiting out the drain."""
-        for task in self._streams:
-            task.cancel()
+        self.closing.set()
+
+    async def _change_or_closing(self, timeout: float) -> None:
+        waits = [asyncio.ensure_future(self.store.wait_change(timeout)), asyncio.ensure_future(self.closing.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     # ---- middlewares and signals -------------------------------------------------------
 
@@ -271,26 +271,27 @@ class Api:
         count = end - start
         headers[hdrs.CONTENT_LENGTH] = str(count)
         if request.method == hdrs.METH_HEAD:
-            resp = web.StreamResponse(status=status, headers=headers)
-            await resp.prepare(request)
-            await resp.write_eof()
-            return resp
+            return web.Response(status=status, headers=headers)
         if count <= SMALL_BODY:
             body = os.pread(fd, count, start)
             if len(body) != count:
                 raise web.HTTPNotFound(reason="the file changed while it was read")
-            resp = web.Response(status=status, headers=headers, body=body)
-            await resp.prepare(request)
-            await resp.write_eof()
+            resp: web.StreamResponse = web.Response(status=status, headers=headers, body=body)
         else:
             resp = web.StreamResponse(status=status, headers=headers)
+        try:
+            # Sent here rather than by aiohttp after we return, to know that the whole body went out.
             await resp.prepare(request)
-            transport = request.transport
-            if transport is None:
-                raise ConnectionResetError("connection lost")
-            with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-                await asyncio.get_running_loop().sendfile(transport, f, start, count)
+            if count > SMALL_BODY:
+                transport = request.transport
+                if transport is None:
+                    raise ConnectionResetError("connection lost")
+                with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+                    await asyncio.get_running_loop().sendfile(transport, f, start, count)
             await resp.write_eof()
+        except ConnectionError:
+            log.debug("http.client_gone", name=entry.name, start=start, count=count)
+            return resp
         self.metrics.response_bytes.inc(count)
         self.hooks.served(entry, start, end)
         return resp
@@ -323,11 +324,12 @@ class Api:
             raise web.HTTPBadRequest(reason="wait must be a finite number of seconds")
         wait = min(max(wait, 0.0), MAX_LONG_POLL_S)
         if since is not None and wait > 0:
-            task = self._track()
-            try:
-                await self.store.wait_version_above(since, wait)
-            finally:
-                self._streams.discard(task)
+            deadline = asyncio.get_running_loop().time() + wait
+            while self.store.version <= since and not self.closing.is_set():
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                await self._change_or_closing(left)
         etag = f'"{self.store.version}"'
         headers = {hdrs.ETAG: etag, hdrs.CACHE_CONTROL: "no-cache"}
         inm = request.headers.get(hdrs.IF_NONE_MATCH)
@@ -339,27 +341,20 @@ class Api:
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         last = request.headers.get("Last-Event-ID", "").strip()
-        task = self._track()
-        try:
-            return await self._stream_events(request, last)
-        finally:
-            self._streams.discard(task)
-
-    async def _stream_events(self, request: web.Request, last: str) -> web.StreamResponse:
         store = self.store
         async with sse_response(request, ping_interval=SSE_PING_S) as sse:
             cur = int(last) if last.lstrip("-").isdigit() else None
             if cur is None or store.changes_since(cur) is None:
                 await sse.send(store.body().decode(), event="manifest", id=str(store.version))
                 cur = store.version
-            while sse.is_connected():
+            while sse.is_connected() and not self.closing.is_set():
                 changes = store.changes_since(cur)
                 if changes is None:
                     await sse.send(store.body().decode(), event="manifest", id=str(store.version))
                     cur = store.version
                     continue
                 if not changes:
-                    await store.wait_change(SSE_PING_S)
+                    await self._change_or_closing(SSE_PING_S)
                     continue
                 for ch in changes:
                     if ch.upserted or ch.removed:
