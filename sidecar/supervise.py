@@ -19,6 +19,7 @@ log = get_logger("sidecar.supervise")
 # SIGTERM and SIGINT are forwarded too, by the lifecycle, only while the child lives (SPEC 8).
 FORWARDED = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 PR_SET_CHILD_SUBREAPER = 36
+SYSTEMD_PRIVATE = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
 
 
 def become_subreaper() -> bool:
