@@ -28,7 +28,8 @@ log = get_logger("sidecar.lifecycle")
 
 DRAIN_S = 5.0  # SPEC 8 step 4: in-flight responses get this long
 FAST_EXIT_S = 0.5  # a second signal: what is left of the drain
-TASK_STOP_S = 2.0  # how long a cancelled background task may take to end
+TASK_STOP_S = 2.0
+FINAL_PUSH_S = 2.0  # when the grace period ends early, the final push may still take this long  # how long a cancelled background task may take to end
 
 
 class Deliveries:
@@ -248,4 +249,5 @@ class Sidecar:
                 for w in waits:
                     w.cancel()
         if self.pusher is not None:
-            await self.pusher.settle(max(0.0, deadline - time.monotonic()))
+            # A last chance for an unacknowledged final push; never past the grace period.
+            await self.pusher.settle(min(FINAL_PUSH_S, max(0.0, deadline - time.monotonic())))
