@@ -101,8 +101,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _paths_and_modes(self) -> Settings:
-        artifacts = self.artifacts_dir.absolute()
-        state = self.state_dir.absolute()
+        # normpath: `a/../b` must not hide that the state dir is inside the artifacts dir.
+        artifacts = Path(os.path.normpath(self.artifacts_dir.absolute()))
+        state = Path(os.path.normpath(self.state_dir.absolute()))
         if state == artifacts or artifacts in state.parents:
             raise ValueError("state_dir: --state-dir must not be inside --artifacts-dir")
         if self.ui_push_url and self.ui_push_mode == "cache":

@@ -14,6 +14,7 @@ __all__ = (
     "atomic_write_bytes",
     "hash_beneath",
     "list_tree",
+    "lstat_beneath",
     "lstat_many",
     "open_beneath",
     "signature",
@@ -113,11 +114,28 @@ def list_tree(root: Path) -> list[tuple[str, os.stat_result]]:
     return list(walk_tree(root))
 
 
-def lstat_many(paths: list[str]) -> list[os.stat_result | None]:
-    out: list[os.stat_result | None] = []
-    for p in paths:
-        try:
-            out.append(os.lstat(p))
-        except OSError:
-            out.append(None)
-    return out
+def lstat_beneath(root: Path, rel: str, plain_dirs: dict[str, bool] | None = None) -> os.stat_result | None:
+    """lstat of root/rel, or None when it is missing or any directory on the way is not a plain one (a
+    symlinked directory is never entered, whatever a watcher that follows links reports)."""
+    parts = rel.split("/")
+    known = plain_dirs if plain_dirs is not None else {}
+    for i in range(1, len(parts)):
+        parent = "/".join(parts[:i])
+        ok = known.get(parent)
+        if ok is None:
+            try:
+                ok = stat.S_ISDIR(os.lstat(os.path.join(root, parent)).st_mode)
+            except OSError:
+                ok = False
+            known[parent] = ok
+        if not ok:
+            return None
+    try:
+        return os.lstat(os.path.join(root, rel))
+    except OSError:
+        return None
+
+
+def lstat_many(root: Path, rels: list[str]) -> list[os.stat_result | None]:
+    plain_dirs: dict[str, bool] = {}
+    return [lstat_beneath(root, rel, plain_dirs) for rel in rels]

@@ -28,8 +28,8 @@ log = get_logger("sidecar.lifecycle")
 
 DRAIN_S = 5.0  # SPEC 8 step 4: in-flight responses get this long
 FAST_EXIT_S = 0.5  # a second signal: what is left of the drain
-TASK_STOP_S = 2.0
-FINAL_PUSH_S = 2.0  # when the grace period ends early, the final push may still take this long  # how long a cancelled background task may take to end
+TASK_STOP_S = 2.0  # how long a cancelled background task may take to end
+FINAL_PUSH_S = 2.0  # when the grace period ends early, the final push may still take this long
 
 
 class Deliveries:

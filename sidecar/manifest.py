@@ -44,6 +44,16 @@ def _parse_rfc3339(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def _state_shape_ok(doc: Any) -> bool:
+    return (
+        isinstance(doc, dict)
+        and isinstance(doc.get("sidecar_id"), str)
+        and isinstance(doc.get("version"), int)
+        and isinstance(doc.get("entries", []), list)
+        and isinstance(doc.get("rejected", []), list)
+    )
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Identity:
     """What was hashed: a served file must still be exactly this inode, size and mtime."""
@@ -224,6 +234,8 @@ class ManifestStore:
         path = self.state_dir / STATE_FILE
         try:
             doc = json.loads(path.read_bytes())
+            if doc is not None and not _state_shape_ok(doc):
+                raise ValueError("not a sidecar state file")
         except FileNotFoundError:
             doc = None
         except (OSError, ValueError):
@@ -326,8 +338,10 @@ class ManifestStore:
 
     async def wait_change(self, timeout: float) -> bool:
         """Wait for the next commit; False on timeout."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that races the event.
         try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
         except TimeoutError:
             return False
         return True

@@ -38,6 +38,9 @@ def is_publishable_name(name: str) -> bool:
     parts = name.split("/")
     if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
         return False
+    # A name that no request path can spell (backslash, control characters) would be listed but never served.
+    if "\\" in name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return False
     return not parts[-1].endswith(TEMP_SUFFIXES)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from watchfiles import Change, DefaultFilter, awatch
 
-from sidecar.fsutil import Signature, hash_beneath, list_tree, lstat_many, signature
+from sidecar.fsutil import Signature, hash_beneath, list_tree, lstat_beneath, lstat_many, signature
 from sidecar.logs import get_logger
 from sidecar.manifest import Entry, Identity, ManifestStore, Rejected
 from sidecar.media import mime_from_name
@@ -125,7 +125,8 @@ class Settler:
             self.wake.clear()
             timeout = min((p.due for p in self.pending.values()), default=now + 3600) - now
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), max(timeout, 0.001))
+                async with asyncio.timeout(max(timeout, 0.001)):
+                    await self.wake.wait()
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -150,6 +151,7 @@ class ArtifactWatcher:
         self.provenance: dict[str, Provenance] = {}
         self.first_scan = asyncio.Event()
         self.hashing: set[str] = set()
+        self.failed: dict[str, Signature] = {}  # names whose current version could not be hashed
         self._idle = asyncio.Event()
 
     # ---- the long-lived task -------------------------------------------------------
@@ -186,14 +188,20 @@ class ArtifactWatcher:
 
     def nudge(self, name: str) -> None:
         """Someone asked for this name: look at it now, in case an event was missed."""
-        try:
-            st = os.lstat(self.root / name)
-        except OSError:
+        st = lstat_beneath(self.root, name)
+        if st is not None and stat.S_ISREG(st.st_mode):
+            self._offer(name, st)
+
+    def _offer(self, name: str, st: os.stat_result) -> None:
+        """A regular file that differs from what is published becomes a candidate, unless this very
+        version of it already failed to hash (unreadable): that one waits for a change."""
+        entry = self.store.entries.get(name)
+        if entry is not None and Identity.of(st) == entry.identity:
             return
-        if stat.S_ISREG(st.st_mode):
-            entry = self.store.entries.get(name)
-            if entry is None or Identity.of(st) != entry.identity:
-                self.settler.offer(name, st)
+        if self.failed.get(name) == signature(st):
+            return
+        self.failed.pop(name, None)
+        self.settler.offer(name, st)
 
     async def examine(self, paths: Iterable[str]) -> None:
         """React to watcher events: publish candidates, removals, symlinks, whole new directories."""
@@ -207,10 +215,11 @@ class ArtifactWatcher:
             if rel != "." and not rel.startswith("../") and relevant_name(rel):
                 wanted.append((path, rel))
         # A burst of events means thousands of lstat calls: they run off the event loop.
-        stats = await asyncio.to_thread(lstat_many, [path for path, _ in wanted])
+        stats = await asyncio.to_thread(lstat_many, self.root, [rel for _, rel in wanted])
         for (path, rel), st in zip(wanted, stats, strict=True):
             if st is None:
                 self.settler.drop(rel)
+                self.failed.pop(rel, None)
                 removals += self._names_at(rel)
                 rejected_remove.append(path)
                 continue
@@ -223,9 +232,7 @@ class ArtifactWatcher:
                 removals += [n for n in self._names_at(rel) if n == rel]
             elif stat.S_ISREG(st.st_mode):
                 rejected_remove.append(path)
-                entry = self.store.entries.get(rel)
-                if entry is None or Identity.of(st) != entry.identity:
-                    self.settler.offer(rel, st)
+                self._offer(rel, st)
             else:  # FIFOs, sockets, devices: never published, never opened
                 removals += self._names_at(rel)
         for rel in walk_dirs:
@@ -239,9 +246,7 @@ class ArtifactWatcher:
                         Rejected(str(self.root / name), "symlink", "symbolic links are never published")
                     )
                 elif stat.S_ISREG(st.st_mode):
-                    entry = self.store.entries.get(name)
-                    if entry is None or Identity.of(st) != entry.identity:
-                        self.settler.offer(name, st)
+                    self._offer(name, st)
         rejected_remove = [k for k in rejected_remove if k in self.store.rejected]
         await self._commit(removals=removals, rejected_add=rejected_add, rejected_remove=rejected_remove)
 
@@ -262,9 +267,7 @@ class ArtifactWatcher:
                 links.add(str(self.root / name))
             elif stat.S_ISREG(st.st_mode):
                 on_disk.add(name)
-                entry = self.store.entries.get(name)
-                if entry is None or Identity.of(st) != entry.identity:
-                    self.settler.offer(name, st)
+                self._offer(name, st)
         removals = [n for n in self.store.entries if n not in on_disk]
         for n in removals:
             self.settler.drop(n)
@@ -286,9 +289,11 @@ class ArtifactWatcher:
             self.hashing.difference_update(names)
         upserts: list[Entry] = []
         latencies: list[float] = []
-        for (name, _sig, last_change), result in zip(due, results, strict=True):
-            if result is None:  # changed while hashed, gone, or no longer a regular file: look again
-                await self.examine([str(self.root / name)])
+        retry: list[str] = []
+        for (name, sig, last_change), result in zip(due, results, strict=True):
+            if result is None:  # changed while hashed, gone, unreadable, or no longer a regular file
+                self.failed[name] = sig
+                retry.append(str(self.root / name))
                 continue
             sha, st = result
             upserts.append(self._entry(name, sha, st))
@@ -297,6 +302,8 @@ class ArtifactWatcher:
         if change is not None:
             for lat in latencies:
                 self.metrics.publish_latency.observe(lat)
+        if retry:  # look again: a change is a new candidate, a removal a removal, the same file waits
+            await self.examine(retry)
 
     def _entry(self, name: str, sha: str, st: os.stat_result) -> Entry:
         prov = self.provenance.get(name)
@@ -330,7 +337,9 @@ class ArtifactWatcher:
             return None
         for e in change.upserted:
             self.metrics.published.inc()
-            log.info("artifact.published", name=e.name, sha256=e.sha256, size_bytes=e.size_bytes, version=change.version)
+            log.info(
+                "artifact.published", name=e.name, sha256=e.sha256, size_bytes=e.size_bytes, version=change.version
+            )
         for name in change.removed:
             self.metrics.removed.inc()
             log.info("artifact.removed", name=name, version=change.version)
