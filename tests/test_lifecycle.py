@@ -1,0 +1,255 @@
+"""sidecar.lifecycle, through real processes: finalization, the grace period, restarts, and `run -- CMD`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from helpers import entry, get_manifest, names, sha256, wait_for, wait_manifest
+
+
+def child(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def state_file(ws) -> dict:
+    return json.loads((ws.state / "manifest.json").read_bytes())
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent PID of a live (or zombie) process, None once it is gone (Linux /proc)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except OSError:
+        return None
+
+
+def order(sc, *events: str) -> list[str]:
+    """The given lifecycle events in the order they were logged."""
+    return [d["event"] for d in sc.logs() if d.get("event") in events]
+
+
+class TestServe:
+    async def test_port_zero_binds_a_free_port_and_logs_it(self, run_sidecar):
+        """`--port 0` listens on a port the system picked, logged in `http.listening`."""
+        sc = await run_sidecar(port=0, wait_ready=False)
+        port = (await sc.wait_log("http.listening"))["port"]
+        assert isinstance(port, int) and port > 0
+        sc.port, sc.base = port, f"http://127.0.0.1:{port}"
+        await sc.wait_ready()
+
+    async def test_sigterm_finalizes_and_exits_0_once_released(self, run_sidecar, workspace, http):
+        """SIGTERM makes the manifest `final` (persisted), the grace period holds it, POST /v1/release ends it: 0."""
+        ws = workspace()
+        ws.write("a.txt", b"a")
+        sc = await run_sidecar("--grace-period", "30")
+        await wait_manifest(http, sc, lambda d: "a.txt" in names(d))
+        sc.signal(signal.SIGTERM)
+        doc = await wait_manifest(http, sc, lambda d: d["state"] == "final")
+        assert names(doc) == ["a.txt"]
+        assert state_file(ws)["state"] == "final"
+        await asyncio.sleep(0.3)
+        assert sc.proc.poll() is None  # the grace period: a.txt was never downloaded
+        async with http.post(sc.url("/v1/release")) as resp:
+            assert resp.status == 202
+        assert await sc.wait_exit(5) == 0
+        assert order(sc, "lifecycle.finalizing", "lifecycle.final", "lifecycle.released", "lifecycle.exit") == [
+            "lifecycle.finalizing",
+            "lifecycle.final",
+            "lifecycle.released",
+            "lifecycle.exit",
+        ]
+        assert sc.stdout() == b""  # stdout belongs to the agent
+
+    async def test_grace_ends_early_once_everything_was_downloaded(self, run_sidecar, workspace, http):
+        """When every artifact was fetched in full (a whole 200, or ranges covering it), SIGTERM exits at once."""
+        ws = workspace()
+        small, big = b"small", bytes(range(256)) * 400
+        ws.write("small.txt", small)
+        ws.write("big.bin", big)
+        sc = await run_sidecar("--grace-period", "30")
+        async with http.get(sc.url("/artifacts/small.txt")) as resp:
+            assert await resp.read() == small
+        for rng in ("bytes=0-49999", "bytes=50000-"):
+            async with http.get(sc.url("/artifacts/big.bin"), headers={"Range": rng}) as resp:
+                assert resp.status == 206
+                await resp.read()
+        started = time.monotonic()
+        sc.signal(signal.SIGTERM)
+        assert await sc.wait_exit(5) == 0
+        assert time.monotonic() - started < 4
+        assert sc.events("lifecycle.final")
+
+    async def test_head_and_partial_downloads_do_not_end_the_grace(self, run_sidecar, workspace, http):
+        """HEAD and a range that leaves bytes out do not count; the missing range, fetched during grace, does."""
+        ws = workspace()
+        data = bytes(range(256)) * 10
+        ws.write("d.bin", data)
+        sc = await run_sidecar("--grace-period", "30")
+        async with http.head(sc.url("/artifacts/d.bin")) as resp:
+            assert resp.status == 200
+        async with http.get(sc.url("/artifacts/d.bin"), headers={"Range": "bytes=0-1000"}) as resp:
+            assert await resp.read() == data[:1001]
+        sc.signal(signal.SIGTERM)
+        await wait_manifest(http, sc, lambda d: d["state"] == "final")
+        await asyncio.sleep(0.3)
+        assert sc.proc.poll() is None
+        async with http.get(sc.url("/artifacts/d.bin"), headers={"Range": "bytes=1001-"}) as resp:
+            assert await resp.read() == data[1001:]
+        assert await sc.wait_exit(4) == 0
+
+    async def test_a_download_of_older_content_does_not_count(self, run_sidecar, workspace, http):
+        """Only a download of the final content counts: a file fetched, then changed, holds the grace period."""
+        ws = workspace()
+        ws.write("a.txt", b"old")
+        sc = await run_sidecar("--grace-period", "30")
+        async with http.get(sc.url("/artifacts/a.txt")) as resp:
+            assert await resp.read() == b"old"
+        ws.write("a.txt", b"new content")
+        await wait_manifest(http, sc, lambda d: entry(d, "a.txt")["sha256"] == sha256(b"new content"))
+        sc.signal(signal.SIGTERM)
+        await wait_manifest(http, sc, lambda d: d["state"] == "final")
+        await asyncio.sleep(0.3)
+        assert sc.proc.poll() is None
+        async with http.get(sc.url("/artifacts/a.txt")) as resp:
+            assert await resp.read() == b"new content"
+        assert await sc.wait_exit(4) == 0
+
+    async def test_finalize_endpoint_then_grace_expiry(self, run_sidecar, workspace, http):
+        """POST /v1/finalize answers 202 and finalizes; with nothing downloaded the grace period runs out: exit 0."""
+        ws = workspace()
+        ws.write("a.txt", b"a")
+        sc = await run_sidecar("--grace-period", "0.6")
+        await wait_manifest(http, sc, lambda d: "a.txt" in names(d))
+        async with http.post(sc.url("/v1/finalize")) as resp:
+            assert resp.status == 202
+            assert (await resp.json())["state"] in ("finalizing", "final")
+        async with http.post(sc.url("/v1/finalize")) as resp:
+            assert resp.status == 202  # idempotent
+        started = time.monotonic()
+        assert await sc.wait_exit(6) == 0
+        assert time.monotonic() - started > 0.4
+        assert state_file(ws)["state"] == "final"
+        assert sc.events("lifecycle.grace_expired")
+
+    async def test_second_sigterm_skips_the_grace(self, run_sidecar, workspace, http):
+        """A second SIGTERM during the grace period exits within a second."""
+        ws = workspace()
+        ws.write("a.txt", b"a")
+        sc = await run_sidecar("--grace-period", "30")
+        await wait_manifest(http, sc, lambda d: "a.txt" in names(d))
+        sc.signal(signal.SIGTERM)
+        await wait_manifest(http, sc, lambda d: d["state"] == "final")
+        started = time.monotonic()
+        sc.signal(signal.SIGTERM)
+        assert await sc.wait_exit(3) == 0
+        assert time.monotonic() - started < 1.5
+
+
+class TestRestart:
+    async def test_restart_with_the_same_state_continues(self, run_sidecar, workspace, http):
+        """A restart on the same state dir keeps sidecar_id and created_at, and the version never goes back."""
+        ws = workspace()
+        ws.write("a.txt", b"first")
+        first = await run_sidecar()
+        seen = await wait_manifest(http, first, lambda d: "a.txt" in names(d))
+        await first.stop()
+        assert first.proc.returncode == 0
+        final = state_file(ws)
+        assert final["state"] == "final"
+
+        second = await run_sidecar()
+        doc = await get_manifest(http, second)
+        assert doc["sidecar_id"] == final["sidecar_id"]
+        assert doc["version"] > final["version"]
+        assert doc["state"] == "running"
+        a = entry(doc, "a.txt")
+        assert a["sha256"] == sha256(b"first")
+        assert a["created_at"] == entry(seen, "a.txt")["created_at"]
+        async with http.get(second.url("/artifacts/a.txt")) as resp:
+            assert (resp.status, await resp.read()) == (200, b"first")
+        ws.write("a.txt", b"second")
+        changed = await wait_manifest(http, second, lambda d: entry(d, "a.txt")["sha256"] == sha256(b"second"))
+        assert entry(changed, "a.txt")["created_at"] == a["created_at"]
+        assert changed["version"] == doc["version"] + 1
+
+    async def test_sigkill_then_restart_loses_nothing(self, run_sidecar, workspace, http):
+        """After SIGKILL, a restart lists every artifact that had been published, under the same id and version."""
+        ws = workspace()
+        ws.write("a.txt", b"a")
+        first = await run_sidecar()
+        ws.write("sub/b.txt", b"b")
+        seen = await wait_manifest(http, first, lambda d: names(d) == ["a.txt", "sub/b.txt"])
+        first.signal(signal.SIGKILL)
+        assert await first.wait_exit(5) == -signal.SIGKILL
+
+        second = await run_sidecar()
+        doc = await get_manifest(http, second)
+        assert doc["sidecar_id"] == seen["sidecar_id"]
+        assert doc["version"] >= seen["version"]
+        assert names(doc) == ["a.txt", "sub/b.txt"]
+        for name in ("a.txt", "sub/b.txt"):
+            assert entry(doc, name)["sha256"] == entry(seen, name)["sha256"]
+            assert entry(doc, name)["created_at"] == entry(seen, name)["created_at"]
+
+
+class TestRun:
+    async def test_run_exits_with_the_child_status(self, run_sidecar):
+        """`run -- CMD` exits with CMD's exit status."""
+        sc = await run_sidecar(mode="run", command=child("import sys; sys.exit(3)"), wait_ready=False)
+        assert await sc.wait_exit(10) == 3
+        assert sc.events("lifecycle.child_exited", status=3)
+
+    async def test_child_killed_by_a_signal_gives_128_plus_n(self, run_sidecar):
+        """A child killed by SIGTERM makes the sidecar exit 143."""
+        code = "import os, signal; os.kill(os.getpid(), signal.SIGTERM)"
+        sc = await run_sidecar(mode="run", command=child(code), wait_ready=False)
+        assert await sc.wait_exit(10) == 128 + signal.SIGTERM
+
+    async def test_signals_are_forwarded_to_the_child_group(self, run_sidecar):
+        """SIGUSR1 and SIGTERM sent to the sidecar reach the child, which has its own process group and stdout."""
+        code = (
+            "import os, signal, sys, time\n"
+            "signal.signal(signal.SIGUSR1, lambda *_: print('usr1', flush=True))\n"
+            "print('own-group' if os.getpgid(0) == os.getpid() else 'shared-group', flush=True)\n"
+            "while True: time.sleep(0.05)\n"
+        )
+        sc = await run_sidecar(mode="run", command=child(code))
+        await wait_for(lambda: sc.stdout().endswith(b"\n"), 5)
+        sc.signal(signal.SIGUSR1)
+        await wait_for(lambda: sc.stdout().endswith(b"usr1\n"), 5)
+        sc.signal(signal.SIGTERM)
+        assert await sc.wait_exit(5) == 128 + signal.SIGTERM
+        assert sc.stdout() == b"own-group\nusr1\n"
+
+    async def test_orphans_are_reaped(self, run_sidecar, workspace):
+        """A grandchild orphaned by the child's exit is adopted by the sidecar and reaped when it ends."""
+        ws = workspace()
+        ws.write("keep-alive.txt", b"x")  # never downloaded: the grace period keeps the sidecar up
+        code = (
+            "import subprocess, sys\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(0.8)'])\n"
+            "print(p.pid, flush=True)\n"
+        )
+        sc = await run_sidecar("--grace-period", "30", mode="run", command=child(code))
+        orphan = int(await wait_for(lambda: sc.stdout().strip(), 5))
+        await wait_for(lambda: parent_of(orphan) == sc.pid, 2)
+        await wait_for(lambda: not Path(f"/proc/{orphan}").exists(), 3)
+        assert sc.proc.poll() is None
+
+    async def test_files_written_just_before_exit_are_in_the_final_manifest(self, run_sidecar, workspace):
+        """The final rescan waits for what the child wrote last, so the final manifest has it."""
+        ws = workspace()
+        code = f"import pathlib; pathlib.Path({str(ws.artifacts / 'result.txt')!r}).write_text('done')"
+        sc = await run_sidecar(
+            "--settle-ms", "300", "--grace-period", "0.5", mode="run", command=child(code), wait_ready=False
+        )
+        assert await sc.wait_exit(10) == 0
+        final = state_file(ws)
+        assert final["state"] == "final"
+        assert [e["name"] for e in final["entries"]] == ["result.txt"]
+        assert final["entries"][0]["sha256"] == sha256(b"done")

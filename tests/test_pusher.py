@@ -1,0 +1,303 @@
+"""sidecar.pusher: pushes to a real UI server on 127.0.0.1, retries, acknowledgements; backoff arithmetic."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import signal
+import time
+from email.utils import formatdate
+from typing import Any
+
+import pytest
+from aiohttp import web
+from helpers import free_port, names, sha256, wait_for
+
+from sidecar.pusher import BACKOFF_CAP_S, RETRY_AFTER_CAP_S, backoff_delay, retry_after_seconds
+
+
+@dataclasses.dataclass
+class Pushed:
+    at: float
+    headers: dict[str, str]
+    body: dict[str, Any]
+    status: int
+
+
+@dataclasses.dataclass
+class FakeUI:
+    """Answers each push with the next scripted status (then `default`), and records what it got."""
+
+    statuses: list[int]
+    default: int = 200
+    retry_after: str | None = None
+    delay: float = 0.0
+    url: str = ""
+    requests: list[Pushed] = dataclasses.field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            body = await request.json()
+            await asyncio.sleep(self.delay)
+            status = self.statuses.pop(0) if self.statuses else self.default
+            self.requests.append(Pushed(time.monotonic(), dict(request.headers), body, status))
+            headers = {"Retry-After": self.retry_after} if self.retry_after and status >= 500 else None
+            return web.json_response({"ok": status < 300}, status=status, headers=headers)
+        finally:
+            self.in_flight -= 1
+
+    def acked(self) -> list[Pushed]:
+        return [p for p in self.requests if 200 <= p.status < 300]
+
+    def keys(self) -> list[str]:
+        return [p.headers["Idempotency-Key"] for p in self.requests]
+
+
+@pytest.fixture
+def run_ui(aiohttp_server):
+    """Factory: `await run_ui(503, 503, default=200)` starts a fake UI in the test's event loop."""
+
+    async def start(*statuses: int, default: int = 200, retry_after: str | None = None, delay: float = 0.0) -> FakeUI:
+        ui = FakeUI(list(statuses), default, retry_after, delay)
+        app = web.Application()
+        app.router.add_post("/push", ui.handle)
+        server = await aiohttp_server(app, host="127.0.0.1")
+        ui.url = str(server.make_url("/push"))
+        return ui
+
+    return start
+
+
+def manifest_pushes_with(ui: FakeUI, name: str) -> list[Pushed]:
+    return [p for p in ui.requests if name in names(p.body)]
+
+
+class TestManifestMode:
+    async def test_pushes_the_manifest_with_its_headers(self, run_ui, run_sidecar, workspace):
+        """Pushes carry the manifest, type, key `<sidecar_id>:<version>`, token; one at a time, upward."""
+        ui = await run_ui(delay=0.1)
+        ws = workspace()
+        await run_sidecar("--ui-push-url", ui.url, "--ui-token", "ui-secret", "--chat-id", "chat-1")
+        for i in range(4):
+            ws.write(f"f{i}.txt", str(i).encode())
+            await asyncio.sleep(0.07)
+        await wait_for(lambda: [p for p in ui.acked() if len(p.body["artifacts"]) == 4])
+        for p in ui.requests:
+            assert p.headers["Content-Type"] == "application/json"
+            assert p.headers["Authorization"] == "Bearer ui-secret"
+            assert p.headers["Idempotency-Key"] == f"{p.body['sidecar_id']}:{p.body['version']}"
+            assert (p.body["schema"], p.body["chat_id"], p.body["state"]) == (1, "chat-1", "running")
+        versions = [p.body["version"] for p in ui.requests]
+        assert versions == sorted(set(versions))
+        assert ui.max_in_flight == 1
+
+    async def test_no_authorization_header_without_a_ui_token(self, run_ui, run_sidecar, workspace):
+        """Without --ui-token the push carries no Authorization header."""
+        ui = await run_ui()
+        ws = workspace()
+        await run_sidecar("--ui-push-url", ui.url)
+        ws.write("a.txt", b"a")
+        await wait_for(lambda: manifest_pushes_with(ui, "a.txt"))
+        assert all("Authorization" not in p.headers for p in ui.requests)
+
+    async def test_503_is_retried_with_the_same_key_then_acknowledged(self, run_ui, run_sidecar, workspace):
+        """5xx answers are retried (same Idempotency-Key) until a 2xx acknowledges the version."""
+        ui = await run_ui(503, 502)
+        ws = workspace()
+        sc = await run_sidecar("--ui-push-url", ui.url)
+        ws.write("a.txt", b"a")
+        await wait_for(lambda: ui.acked())
+        assert [p.status for p in ui.requests] == [503, 502, 200]
+        assert len(set(ui.keys())) == 1
+        await sc.wait_log("push.ok")
+        assert len(sc.events("push.retry")) == 2
+
+    async def test_retry_after_is_honoured(self, run_ui, run_sidecar, workspace):
+        """A 503 with `Retry-After: 1` delays the next attempt by about a second, not the 250 ms backoff."""
+        ui = await run_ui(503, retry_after="1")
+        ws = workspace()
+        await run_sidecar("--ui-push-url", ui.url)
+        ws.write("a.txt", b"a")
+        await wait_for(lambda: ui.acked(), 5)
+        first, second = ui.requests[0], ui.requests[1]
+        assert second.at - first.at >= 0.9
+
+    async def test_400_is_not_retried(self, run_ui, run_sidecar, workspace):
+        """A 4xx other than 408/425/429 ends that version's pushes (`push.failed`); the next version is pushed."""
+        ui = await run_ui(default=400)
+        ws = workspace()
+        sc = await run_sidecar("--ui-push-url", ui.url)
+        ws.write("a.txt", b"a")
+        await wait_for(lambda: ui.requests)
+        await sc.wait_log("push.failed")
+        await asyncio.sleep(0.6)  # a retry would come within 250 ms
+        assert len(ui.requests) == 1
+        ui.default = 200
+        ws.write("b.txt", b"b")
+        await wait_for(lambda: ui.acked())
+        assert len(ui.requests) == 2
+        assert ui.requests[1].body["version"] > ui.requests[0].body["version"]
+
+
+class TestFinalManifest:
+    async def test_final_manifest_is_retried_until_acknowledged(self, run_ui, run_sidecar, workspace, http):
+        """After release, the daemon keeps retrying the `final` manifest and exits once the UI acknowledges it."""
+        ui = await run_ui()
+        ws = workspace()
+        ws.write("a.txt", b"a")
+        sc = await run_sidecar("--ui-push-url", ui.url, "--grace-period", "30")
+        await wait_for(lambda: manifest_pushes_with(ui, "a.txt") and ui.acked())
+        ui.default = 503
+        async with http.post(sc.url("/v1/release")) as resp:
+            assert resp.status == 202
+        sc.signal(signal.SIGTERM)
+        await wait_for(lambda: [p for p in ui.requests if p.body["state"] == "final"])
+        await asyncio.sleep(0.5)
+        assert sc.proc.poll() is None
+        ui.default = 200
+        assert await sc.wait_exit(5) == 0
+        final = [p for p in ui.acked() if p.body["state"] == "final"]
+        assert len(final) == 1
+        assert names(final[0].body) == ["a.txt"]
+
+
+class TestAcknowledgements:
+    async def test_acknowledged_version_is_not_pushed_again_after_a_restart(self, run_ui, run_sidecar, workspace):
+        """What the UI acknowledged is persisted: a restart (even after SIGKILL) does not push it again."""
+        ui = await run_ui()
+        ws = workspace()
+        first = await run_sidecar("--ui-push-url", ui.url, ws=ws)
+        ws.write("a.txt", b"a")
+        await wait_for(lambda: manifest_pushes_with(ui, "a.txt"))
+        await first.wait_log("push.ok")
+        first.signal(signal.SIGKILL)
+        await first.wait_exit(5)
+        pushed = len(ui.requests)
+
+        second = await run_sidecar("--ui-push-url", ui.url, ws=ws)
+        await asyncio.sleep(0.6)
+        assert len(ui.requests) == pushed
+        ws.write("b.txt", b"b")
+        await wait_for(lambda: manifest_pushes_with(ui, "b.txt"))
+        assert len(set(ui.keys())) == len(ui.requests)  # no key was ever sent twice
+        assert second.events("push.ok")
+
+    async def test_unacknowledged_version_is_pushed_after_a_restart(self, run_ui, run_sidecar, workspace):
+        """A version the UI never acknowledged is pushed again, under the same key, by the next run."""
+        ui = await run_ui(default=503)
+        ws = workspace()
+        first = await run_sidecar("--ui-push-url", ui.url, ws=ws)
+        ws.write("a.txt", b"a")
+        await wait_for(lambda: manifest_pushes_with(ui, "a.txt"))
+        key = ui.requests[-1].headers["Idempotency-Key"]
+        first.signal(signal.SIGKILL)
+        await first.wait_exit(5)
+        ui.default = 200
+
+        await run_sidecar("--ui-push-url", ui.url, ws=ws)
+        await wait_for(lambda: ui.acked())
+        assert ui.acked()[0].headers["Idempotency-Key"] == key
+
+
+class TestCacheMode:
+    async def test_each_new_or_changed_artifact_is_pushed_once(self, run_ui, run_sidecar, workspace):
+        """Cache mode posts each new or changed entry once, keyed `<sidecar_id>:<id>`; deletions not."""
+        ui = await run_ui()
+        ws = workspace()
+        port = free_port()
+        await run_sidecar(
+            "--ui-push-url",
+            ui.url,
+            "--ui-push-mode",
+            "cache",
+            "--public-base-url",
+            f"http://127.0.0.1:{port}",
+            "--chat-id",
+            "chat-9",
+            port=port,
+        )
+        ws.write("a.txt", b"a")
+        ws.write("b.txt", b"b")
+        await wait_for(lambda: {p.body["artifact"]["name"] for p in ui.acked()} == {"a.txt", "b.txt"})
+        for p in ui.requests:
+            art = p.body["artifact"]
+            assert p.body["chatId"] == "chat-9"
+            assert p.headers["Idempotency-Key"].endswith(":" + art["id"])
+            assert art["url"] == f"http://127.0.0.1:{port}/artifacts/{art['name']}"
+        (ws.artifacts / "a.txt").unlink()
+        ws.write("b.txt", b"b, changed")
+        await wait_for(lambda: [p for p in ui.acked() if p.body["artifact"]["sha256"] == sha256(b"b, changed")])
+        await asyncio.sleep(0.3)
+        assert sorted(p.body["artifact"]["name"] for p in ui.requests) == ["a.txt", "b.txt", "b.txt"]
+
+    async def test_exits_promptly_once_released(self, run_ui, run_sidecar, workspace, http):
+        """With everything pushed, POST /v1/release then SIGTERM ends the daemon at once, every task stopped."""
+        ui = await run_ui()
+        ws = workspace()
+        sc = await run_sidecar(
+            "--ui-push-url",
+            ui.url,
+            "--ui-push-mode",
+            "cache",
+            "--public-base-url",
+            "http://127.0.0.1:1",
+            "--chat-id",
+            "chat-9",
+            "--grace-period",
+            "30",
+        )
+        ws.write("a.txt", b"a")
+        await wait_for(lambda: ui.acked())
+        async with http.post(sc.url("/v1/release")) as resp:
+            assert resp.status == 202
+        sc.signal(signal.SIGTERM)
+        assert await sc.wait_exit(3) == 0
+        assert sc.events("lifecycle.exit")
+        assert not sc.events("lifecycle.task_stuck")
+
+
+class TestBackoffDelay:
+    @pytest.mark.parametrize("attempt", [0, 1, 2, 3, 4, 5, 6, 7, 10, 20])
+    def test_full_jitter_under_a_doubling_cap(self, attempt):
+        """Attempt n waits uniformly in [0, min(10 s, 250 ms * 2**n)]: never above, spread over the whole range."""
+        cap = min(BACKOFF_CAP_S, 0.25 * 2**attempt)
+        rng = random.Random(attempt)
+        delays = [backoff_delay(attempt, rng) for _ in range(500)]
+        assert all(0.0 <= d <= cap for d in delays)
+        assert max(delays) > 0.8 * cap
+        assert min(delays) < 0.2 * cap
+
+    def test_cap_is_ten_seconds_even_for_huge_attempts(self):
+        """The cap holds for any attempt number, without overflow."""
+        assert BACKOFF_CAP_S == 10.0
+        rng = random.Random(1)
+        assert all(0.0 <= backoff_delay(n, rng) <= 10.0 for n in (30, 1_000, 10**9))
+
+
+class TestRetryAfter:
+    @pytest.mark.parametrize(("value", "seconds"), [("5", 5.0), (" 7 ", 7.0), ("0", 0.0), ("120", 120.0)])
+    def test_delay_seconds(self, value, seconds):
+        """An integer Retry-After is that many seconds."""
+        assert retry_after_seconds(value) == seconds
+
+    def test_http_date(self):
+        """An HTTP-date Retry-After is the time left until then; a past date is zero."""
+        soon = retry_after_seconds(formatdate(time.time() + 30, usegmt=True))
+        assert soon is not None and 28.0 <= soon <= 31.0
+        assert retry_after_seconds(formatdate(time.time() - 300, usegmt=True)) == 0.0
+        assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+    @pytest.mark.parametrize("value", [None, "", "soon", "-1", "1.5", "Thu, 99 Foo 2015 07:28:00 GMT"])
+    def test_unreadable_values_are_ignored(self, value):
+        """Absent or unreadable values give None (the normal backoff applies)."""
+        assert retry_after_seconds(value) is None
+
+    def test_long_waits_are_capped(self):
+        """A huge Retry-After, as seconds or as a date, is capped so a push is never parked for hours."""
+        assert retry_after_seconds("86400") == RETRY_AFTER_CAP_S
+        assert retry_after_seconds(formatdate(time.time() + 86400, usegmt=True)) == RETRY_AFTER_CAP_S
