@@ -301,3 +301,100 @@ class TestRetryAfter:
         """A huge Retry-After, as seconds or as a date, is capped so a push is never parked for hours."""
         assert retry_after_seconds("86400") == RETRY_AFTER_CAP_S
         assert retry_after_seconds(formatdate(time.time() + 86400, usegmt=True)) == RETRY_AFTER_CAP_S
+
+
+class TestFaults:
+    async def test_ui_down_at_first_then_up(self, run_sidecar, workspace):
+        """Connection refused is retried with backoff until the UI comes up; then the push is acknowledged."""
+        port = free_port()
+        ws = workspace()
+        sc = await run_sidecar("--ui-push-url", f"http://127.0.0.1:{port}/push")
+        ws.write("a.txt", b"a")
+        await sc.wait_log("push.retry", timeout=5)
+        ui = FakeUI([])
+        app = web.Application()
+        app.router.add_post("/push", ui.handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            await wait_for(lambda: [p for p in ui.acked() if "a.txt" in names(p.body)], timeout=15)
+        finally:
+            await runner.cleanup()
+
+    async def test_429_is_retried(self, run_ui, run_sidecar, workspace):
+        """429 Too Many Requests is retried like a 5xx, with the same Idempotency-Key."""
+        ui = await run_ui(429, 429)
+        ws = workspace()
+        await run_sidecar("--ui-push-url", ui.url)
+        ws.write("a.txt", b"a")
+        await wait_for(lambda: [p for p in ui.acked() if "a.txt" in names(p.body)], timeout=8)
+        statuses = [p.status for p in ui.requests]
+        assert statuses[:3] == [429, 429, 200]
+        assert len(set(ui.keys()[:3])) == 1
+
+    async def test_slow_ui_gets_one_push_at_a_time_newest_first(self, run_ui, run_sidecar, workspace):
+        """A UI taking 1 s per push sees one push at a time, versions never going back, the last one whole."""
+        ui = await run_ui(delay=1.0)
+        ws = workspace()
+        await run_sidecar("--ui-push-url", ui.url)
+        for i in range(6):
+            ws.write(f"f{i}.txt", f"file {i}".encode())
+            await asyncio.sleep(0.15)
+        want = {f"f{i}.txt" for i in range(6)}
+        await wait_for(lambda: [p for p in ui.acked() if want <= set(names(p.body))], timeout=15)
+        versions = [p.body["version"] for p in ui.requests]
+        assert versions == sorted(versions) and len(set(versions)) == len(versions)
+        assert ui.max_in_flight == 1
+        assert len(versions) < 7, f"newest wins: intermediate versions are skipped, got {versions}"
+
+    async def test_restart_in_the_middle_of_a_push(self, run_ui, run_sidecar, workspace):
+        """SIGKILL while a push is in flight: the restarted daemon pushes that version again until acked."""
+        ui = await run_ui(delay=3.0)
+        ws = workspace()
+        sc = await run_sidecar("--ui-push-url", ui.url)
+        ws.write("a.txt", b"a")
+        await wait_for(lambda: ui.in_flight == 1, timeout=5)
+        sc.signal(signal.SIGKILL)
+        await sc.wait_exit(5)
+        ui.delay = 0.0
+        in_flight_key = f"{sc.events('artifact.published')[0]['version']}"
+        await run_sidecar("--ui-push-url", ui.url, ws=ws)
+        await wait_for(lambda: [p for p in ui.acked() if "a.txt" in names(p.body)], timeout=10)
+        acked = next(p for p in ui.acked() if "a.txt" in names(p.body))
+        assert acked.headers["Idempotency-Key"].endswith(":" + in_flight_key), "the same version, the same key"
+
+
+class TestCacheReceiver:
+    async def test_a_janus_like_receiver_gets_every_artifact_byte_exact(self, run_sidecar, workspace, aiohttp_server):
+        """A receiver that downloads `artifact.url` and checks its sha256 (like the Janus cache route)."""
+        import aiohttp
+
+        verified: dict[str, str] = {}
+        failures: list[str] = []
+
+        async def cache(request: web.Request) -> web.Response:
+            doc = await request.json()
+            art = doc["artifact"]
+            async with aiohttp.ClientSession() as client, client.get(art["url"]) as resp:
+                body = await resp.read()
+            if resp.status != 200 or sha256(body) != art["sha256"] or len(body) != art["size_bytes"]:
+                failures.append(art["name"])
+                return web.json_response({"ok": False}, status=502)
+            verified[art["id"]] = art["name"]
+            return web.json_response({"ok": True})
+
+        app = web.Application()
+        app.router.add_post("/api/artifacts/cache", cache)
+        server = await aiohttp_server(app, host="127.0.0.1")
+        ws = workspace()
+        port = free_port()
+        png = bytes(range(256)) * 300
+        await run_sidecar(
+            "--ui-push-url", str(server.make_url("/api/artifacts/cache")), "--ui-push-mode", "cache",
+            "--public-base-url", f"http://127.0.0.1:{port}", "--chat-id", "chat-1", port=port,
+        )  # fmt: skip
+        ws.write("big.bin", png)
+        ws.write("dir x/é.txt", b"unicode path")
+        await wait_for(lambda: len(verified) == 2, timeout=10)
+        assert sorted(verified.values()) == ["big.bin", "dir x/é.txt"] and not failures
