@@ -90,7 +90,6 @@ class Sidecar:
         self.released = asyncio.Event()
         self.fast_exit = asyncio.Event()
         self.child: Child | None = None
-        self._final_task: asyncio.Task[None] | None = None
         self._signals = 0
 
     # ---- hooks for the HTTP server -------------------------------------------------------

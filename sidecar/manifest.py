@@ -40,10 +40,6 @@ def rfc3339(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _parse_rfc3339(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 def _state_shape_ok(doc: Any) -> bool:
     return (
         isinstance(doc, dict)
@@ -346,13 +342,6 @@ class ManifestStore:
             return False
         return True
 
-    async def wait_version_above(self, version: int, timeout: float) -> None:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.version <= version:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0 or not await self.wait_change(left):
-                return
-
     def entry_doc(self, e: Entry, now: float | None = None) -> dict[str, Any]:
         doc = e.public()
         doc["ttl_seconds"] = self.ttl
@@ -394,7 +383,3 @@ class ManifestStore:
         if not kept or kept[0].from_version > version:
             return None
         return kept
-
-    @staticmethod
-    def parse_time(text: str) -> float:
-        return _parse_rfc3339(text)

@@ -18,7 +18,6 @@ class Metrics:
         self.materialized = Counter("sidecar_datauri_materialized", "Data URLs written as artifacts", registry=r)
         self.rejected = Counter("sidecar_datauri_rejected", "Data URLs refused", ["reason"], registry=r)
         self.push_attempts = Counter("sidecar_push_attempts", "Pushes to the UI by outcome", ["outcome"], registry=r)
-        self.uploads = Counter("sidecar_upload_attempts", "Object-storage uploads by outcome", ["outcome"], registry=r)
         self.response_bytes = Counter("sidecar_http_response_bytes", "HTTP response body bytes sent", registry=r)
         self.publish_latency = Histogram(
             "sidecar_publish_latency_seconds",

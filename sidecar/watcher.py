@@ -152,7 +152,6 @@ class ArtifactWatcher:
         self.first_scan = asyncio.Event()
         self.hashing: set[str] = set()
         self.failed: dict[str, Signature] = {}  # names whose current version could not be hashed
-        self._idle = asyncio.Event()
 
     # ---- the long-lived task -------------------------------------------------------
 

@@ -207,18 +207,17 @@ class TestChanges:
         assert again.changes_since(1) is None
         assert [c.version for c in again.changes_since(2) or []] == [3]
 
-    async def test_wait_version_above(self, open_store):
-        """wait_version_above returns as soon as a commit passes the version, or after the timeout."""
+    async def test_wait_change(self, open_store):
+        """wait_change returns True as soon as something is committed, False after the timeout."""
         store = open_store()
         started = time.monotonic()
-        await store.wait_version_above(0, 0.2)
+        assert await store.wait_change(0.2) is False
         assert 0.15 < time.monotonic() - started < 2
-        waiter = asyncio.create_task(store.wait_version_above(0, 10))
+        waiter = asyncio.create_task(store.wait_change(10))
         await asyncio.sleep(0.05)
         assert not waiter.done()
         await store.commit(upserts=[make_entry("a.txt")])
-        await asyncio.wait_for(waiter, 2)
-        assert store.version == 1
+        assert await asyncio.wait_for(waiter, 2) is True
 
 
 class TestDocument:
