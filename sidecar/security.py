@@ -57,7 +57,7 @@ def name_from_raw_path(raw_path: str) -> str | None:
     for raw in path[len("/artifacts/") :].split("/"):
         try:
             seg = unquote_to_bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
+        except UnicodeError:  # not UTF-8 once decoded, or a surrogate escape of a raw non-UTF-8 byte
             return None
         if not seg or "/" in seg or "\\" in seg or any(ord(c) < 0x20 or ord(c) == 0x7F for c in seg):
             return None
