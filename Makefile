@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SHARED ?= ../shared
-CONFORMANCE ?= test_cli.py test_publish.py test_http.py test_manifest.py test_security.py
+CONFORMANCE ?= .
 PYTEST_FLAGS ?= -q
 
 .PHONY: venv sysdeps lint test conformance demo demo-serve bench clean
