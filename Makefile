@@ -17,10 +17,16 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # Debian packages the tests use, installed when missing and we are root (CI and these machines are).
+# systemd-analyze (unit-file test), chromium (browser tests), ffmpeg (a real video for them).
+SYSDEPS := systemd-analyze:systemd chromium:chromium ffmpeg:ffmpeg
 sysdeps:
-	@command -v systemd-analyze >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq systemd >/dev/null; } || \
-		echo "note: systemd-analyze is not available; the unit-file test will be skipped"
+	@missing=""; for d in $(SYSDEPS); do command -v $${d%%:*} >/dev/null 2>&1 || missing="$$missing $${d#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "apt-get install$$missing"; apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else echo "note: missing$$missing (not root, or no apt-get): the tests that need them are skipped"; fi; \
+	fi
 
 lint: venv
 	$(VENV)/bin/ruff check sidecar tests bench examples

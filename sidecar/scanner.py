@@ -692,6 +692,7 @@ class Scanner:
                 # there keeps lookaheads disjoint, so a text of many unclosed SVGs stays linear.
                 if looking_ahead is not None and base + m.start() >= looking_ahead:
                     stop = True
+                    limit = m.start()  # hold back only what lies before it (no copy of the rest)
                     break
             elif m.group(1) is None:
                 st.depth += 1
@@ -728,6 +729,8 @@ class Scanner:
             out.append(Ended(st.offset, base + upto, "unclosed"))
             return upto, True
         out.append(Ended(st.offset, st.term, "unclosed"))
+        if st.term >= base:  # the held-back text is all in this buffer: scan on from the terminator, no copy
+            return st.term - base, True
         return b"".join(st.pending) + buf[upto:]
 
 

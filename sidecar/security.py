@@ -92,4 +92,7 @@ def signature_ok(token: str, path: str, expires: str | None, signature: str | No
         return False
     if int(expires) < (now if now is not None else time.time()):
         return False
-    return hmac.compare_digest(sign(token, path, int(expires)).encode(), signature.encode())
+    try:
+        return hmac.compare_digest(sign(token, path, int(expires)).encode(), signature.encode())
+    except UnicodeEncodeError:  # a raw non-UTF-8 byte in the path or the query: no signature matches it
+        return False

@@ -268,6 +268,7 @@ class Api:
                 start, end = rng
                 status = 206
                 headers[hdrs.CONTENT_RANGE] = f"bytes {start}-{end - 1}/{size}"
+                log.debug("http.range", name=entry.name, start=start, end=end - 1, size=size)
         count = end - start
         headers[hdrs.CONTENT_LENGTH] = str(count)
         if request.method == hdrs.METH_HEAD:
