@@ -48,7 +48,7 @@ demo-serve: venv
 	$(PY) examples/demo.py serve
 
 bench: venv
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-workspace

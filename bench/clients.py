@@ -1,19 +1,17 @@
-"""The client side: correctness probes, the small-file load (wrk, or an aiohttp fallback), big downloads."""
+"""The client side: correctness probes, wrk runs (small files, ranges), whole big-file downloads."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import http.client
 import json
 import os
-import random
-import shutil
 import socket
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from fixtures import BIG_NAME, SMALL_TEMPLATE, Fixtures
 
 BENCH_DIR = Path(__file__).resolve().parent
 WRK_SCRIPT = BENCH_DIR / "wrk" / "random_files.lua"
+WRK_RANGE_SCRIPT = BENCH_DIR / "wrk" / "range.lua"
 READ_CHUNK = 1024 * 1024
 
 # ---- correctness probes ---------------------------------------------------------------------------
@@ -36,43 +35,81 @@ def _request(port: int, path: str, headers: dict[str, str] | None = None) -> tup
         conn.close()
 
 
+RANGE_HEADER = "bytes=1000000-1999999"
+RANGE_START, RANGE_LEN = 1_000_000, 1_000_000
+
+
+def _file_slice(fx: Fixtures, name: str, start: int, length: int) -> bytes:
+    with open(fx.files_dir / name, "rb") as f:
+        f.seek(start)
+        return f.read(length)
+
+
 def probe(port: int, prefix: str, fx: Fixtures) -> dict[str, str]:
-    """Each check is "ok", "unsupported: ..." (a missing feature, reported) or "FAIL: ..." (wrong bytes)."""
+    """Before anything is timed. Each check is "ok", "unsupported: ..." (a missing feature, reported) or
+    "FAIL: ..." (wrong bytes or status): a small and a 2 MiB file's sha256, a Range on a small file and the
+    timed Range on the big file (206, Content-Range, bytes), and a 304 for If-None-Match with the ETag (or for
+    If-Modified-Since with the Last-Modified date, for a server that sends no ETag)."""
+    out: dict[str, str] = {}
     name = fx.small[7]
     path = prefix + name
-    out: dict[str, str] = {}
     status, headers, body = _request(port, path)
-    got = hashlib.sha256(body).hexdigest()
-    if status != 200:
-        out["sha256"] = f"FAIL: status {status}"
-    elif got != fx.sha256[name]:
-        out["sha256"] = f"FAIL: sha256 {got[:12]}... != {fx.sha256[name][:12]}..."
-    else:
-        out["sha256"] = "ok"
-
-    want = (fx.files_dir / name).read_bytes()[100:1100]
-    r_status, r_headers, r_body = _request(port, path, {"Range": "bytes=100-1099"})
-    if r_status == 200:
-        out["range"] = "unsupported: 200 with the whole body"
-    elif r_status != 206:
-        out["range"] = f"FAIL: status {r_status}"
-    elif r_body != want or r_headers.get("content-range") != f"bytes 100-1099/{len(body)}":
-        out["range"] = f"FAIL: wrong bytes or Content-Range {r_headers.get('content-range')!r}"
-    else:
-        out["range"] = "ok"
-
-    etag = headers.get("etag")
-    if not etag:
-        out["etag_304"] = "unsupported: no ETag header"
-    else:
-        e_status, _, e_body = _request(port, path, {"If-None-Match": etag})
-        if e_status == 304 and not e_body:
-            out["etag_304"] = "ok"
-        elif e_status == 200:
-            out["etag_304"] = "unsupported: If-None-Match ignored (200)"
+    for key, file in (("sha256_small", name), ("sha256_2mib", fx.medium[2])):
+        st, _, data = (status, headers, body) if file == name else _request(port, prefix + file)
+        got = hashlib.sha256(data).hexdigest()
+        if st != 200:
+            out[key] = f"FAIL: status {st}"
+        elif got != fx.sha256[file]:
+            out[key] = f"FAIL: sha256 {got[:12]}... != {fx.sha256[file][:12]}..."
         else:
-            out["etag_304"] = f"FAIL: status {e_status}, {len(e_body)} body bytes"
+            out[key] = "ok"
+
+    for key, file, rng, start, length in (
+        ("range_small", name, "bytes=100-1099", 100, 1000),
+        ("range_big", BIG_NAME, RANGE_HEADER, RANGE_START, RANGE_LEN),
+    ):
+        want = _file_slice(fx, file, start, length)
+        want_cr = f"bytes {start}-{start + length - 1}/{fx.sizes[file]}"
+        if file == BIG_NAME:  # never read a 200 MiB body by mistake: stream, look at the head only
+            r_status, r_headers, r_body = _request_head_and(port, prefix + file, {"Range": rng}, length)
+        else:
+            r_status, r_headers, r_body = _request(port, prefix + file, {"Range": rng})
+        if r_status == 200:
+            out[key] = "unsupported: 200 with the whole body"
+        elif r_status != 206:
+            out[key] = f"FAIL: status {r_status}"
+        elif r_body != want or r_headers.get("content-range") != want_cr:
+            out[key] = f"FAIL: wrong bytes or Content-Range {r_headers.get('content-range')!r}"
+        else:
+            out[key] = "ok"
+
+    etag, last_modified = headers.get("etag"), headers.get("last-modified")
+    if etag:
+        cond, how = {"If-None-Match": etag}, "If-None-Match"
+    elif last_modified:
+        cond, how = {"If-Modified-Since": last_modified}, "If-Modified-Since (no ETag)"
+    else:
+        out["304"] = "unsupported: neither ETag nor Last-Modified"
+        return out
+    e_status, _, e_body = _request(port, path, cond)
+    if e_status == 304 and not e_body:
+        out["304"] = "ok" if etag else f"ok: {how}"
+    elif e_status == 200:
+        out["304"] = f"unsupported: {how} ignored (200)"
+    else:
+        out["304"] = f"FAIL: {how}: status {e_status}, {len(e_body)} body bytes"
     return out
+
+
+def _request_head_and(port: int, path: str, headers: dict[str, str], limit: int) -> tuple[int, dict[str, str], bytes]:
+    """Like _request, but reads at most `limit` body bytes (then drops the connection)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read(limit + 1)
+    finally:
+        conn.close()
 
 
 # ---- big downloads ---------------------------------------------------------------------------------
@@ -135,36 +172,19 @@ def downloads(port: int, prefix: str, fx: Fixtures, runs: int) -> dict[str, Any]
 # ---- small-file load -----------------------------------------------------------------------------
 
 
-def find_wrk(install: bool) -> tuple[str | None, str]:
-    """The wrk binary and how it was had; with `install`, try `apt-get install wrk` (as root, bounded)."""
-    found = shutil.which("wrk")
-    if found:
-        return found, "found"
-    if not install:
-        return None, "wrk not found (install not attempted: --no-install-wrk)"
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return None, "wrk not found, and apt-get is not usable here (not root or not Debian)"
-    print("wrk not found: apt-get update && apt-get install -y wrk ...", flush=True)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    try:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=True, timeout=120, capture_output=True)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "wrk"], env=env, check=True, timeout=120, capture_output=True
-        )
-    except (subprocess.SubprocessError, OSError) as e:
-        return None, f"wrk not found and apt-get failed: {e}"
-    found = shutil.which("wrk")
-    return found, "installed with apt-get" if found else "apt-get ran but wrk is still missing"
-
-
-def wrk_version(wrk: str) -> str:
-    out = subprocess.run([wrk, "-v"], capture_output=True, text=True, timeout=10)
-    return (out.stdout + out.stderr).splitlines()[0].split(" Copyright")[0] if (out.stdout + out.stderr) else "?"
-
-
 def run_wrk(
-    wrk: str, port: int, prefix: str, count: int, *, duration_s: float, connections: int, threads: int
+    wrk: str,
+    port: int,
+    script: Path,
+    script_args: list[str],
+    *,
+    duration_s: float,
+    connections: int,
+    threads: int = 1,
+    cpu: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
+    """One wrk run, pinned to the client CPU by inheritance; its Lua script prints one BENCH_RESULT line.
+    `cpu()`, read before and after, is the server's CPU seconds: it gives the server's CPU per request."""
     argv = [
         wrk,
         f"-t{threads}",
@@ -173,77 +193,47 @@ def run_wrk(
         "--timeout",
         "5s",
         "-s",
-        str(WRK_SCRIPT),
+        str(script),
         f"http://127.0.0.1:{port}/",
         "--",
-        prefix + SMALL_TEMPLATE,
-        str(count),
+        *script_args,
     ]
+    cpu0 = cpu() if cpu else None
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 30)
+    cpu_s = cpu() - cpu0 if cpu and cpu0 is not None else None
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCH_RESULT ")), None)
     if out.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stdout[-500:]} {out.stderr[-500:]}")
     r = json.loads(line.removeprefix("BENCH_RESULT "))
     errors = {k.removeprefix("err_"): v for k, v in r.items() if k.startswith("err_") and v}
+    seconds = r["duration_us"] / 1e6
     return {
+        "connections": connections,
+        "seconds": round(seconds, 3),
         "requests": r["requests"],
-        "req_s": r["requests"] / (r["duration_us"] / 1e6),
+        "req_s": r["requests"] / seconds,
         "p50_ms": r["p50_us"] / 1000,
         "p90_ms": r["p90_us"] / 1000,
         "p99_ms": r["p99_us"] / 1000,
         "max_ms": r["max_us"] / 1000,
-        "mb_s": r["bytes"] / (r["duration_us"] / 1e6) / 1e6,
+        "mb_s": r["bytes"] / seconds / 1e6,
+        "bytes_per_response": r["bytes"] / r["requests"] if r["requests"] else None,
+        "server_cpu_us_per_req": cpu_s / r["requests"] * 1e6 if cpu_s is not None and r["requests"] else None,
+        "server_cpu_share": cpu_s / seconds if cpu_s is not None else None,
         "errors": errors,
     }
 
 
-def run_aiohttp_load(
-    port: int, prefix: str, names: list[str], *, duration_s: float, connections: int
-) -> dict[str, Any]:
-    """Fallback when wrk cannot be had: `connections` keep-alive workers for `duration_s`. The Python client
-    tops out far below wrk, so these numbers measure the client as much as the server."""
-    import aiohttp  # only needed here
+def run_wrk_small(wrk: str, port: int, prefix: str, count: int, **kw: Any) -> dict[str, Any]:
+    return run_wrk(wrk, port, WRK_SCRIPT, [prefix + SMALL_TEMPLATE, str(count)], **kw)
 
-    async def main() -> dict[str, Any]:
-        lat: list[float] = []
-        errors = 0
-        nbytes = 0
-        stop = time.perf_counter() + duration_s
-        connector = aiohttp.TCPConnector(limit=connections)
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=connector, timeout=timeout) as sess:
 
-            async def worker() -> None:
-                nonlocal errors, nbytes
-                while time.perf_counter() < stop:
-                    t = time.perf_counter()
-                    try:
-                        async with sess.get(prefix + random.choice(names)) as resp:
-                            body = await resp.read()
-                            if resp.status != 200:
-                                errors += 1
-                            nbytes += len(body)
-                    except (aiohttp.ClientError, TimeoutError):
-                        errors += 1
-                        continue
-                    lat.append(time.perf_counter() - t)
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(connections)))
-            elapsed = time.perf_counter() - t0
-        qs = statistics.quantiles(lat, n=100) if len(lat) >= 2 else [float("nan")] * 99
-        return {
-            "requests": len(lat),
-            "req_s": len(lat) / elapsed,
-            "p50_ms": qs[49] * 1000,
-            "p90_ms": qs[89] * 1000,
-            "p99_ms": qs[98] * 1000,
-            "max_ms": max(lat, default=float("nan")) * 1000,
-            "mb_s": nbytes / elapsed / 1e6,
-            "errors": {"status_or_io": errors} if errors else {},
-        }
-
-    return asyncio.run(main())
+def run_wrk_range(wrk: str, port: int, prefix: str, **kw: Any) -> dict[str, Any]:
+    r = run_wrk(wrk, port, WRK_RANGE_SCRIPT, [prefix + BIG_NAME, RANGE_HEADER], **kw)
+    per = r["bytes_per_response"]
+    if per is not None and not RANGE_LEN <= per < RANGE_LEN + 4096:
+        r["errors"]["not_206"] = f"{per:.0f} bytes a response, expected {RANGE_LEN} + headers"
+    return r
 
 
 def pin_self(cpu: int) -> bool:

@@ -1,8 +1,8 @@
 """The servers under test, and the process handling that starts them pinned and always stops them.
 
-To add a peer (nginx, express, http.server...): subclass `Server`, give it a `name`, a `command()` and, if
-it needs more than "a small file answers 200", a `wait_ready()`; then add it to `SERVERS`. Every server
-serves the fixture folder under `prefix` (default /artifacts/), so probes and load scripts are shared.
+To add a peer: subclass `Server`, give it a `name`, a `command()`, the commands it `needs` and, if it needs
+more than "a small file answers 200", a `wait_ready()`; then add it to `SERVERS`. Every server serves the
+fixture folder under `prefix` (default /artifacts/), so probes and load scripts are shared.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from fixtures import Fixtures
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
+SETTLE_MS = 50
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +39,10 @@ class Context:
 
 class Server:
     name = "?"
+    label = "?"  # what it is, for the table's legend
     prefix = "/artifacts/"
     ready_timeout_s = 60.0
+    needs: tuple[str, ...] = ()  # commands that must exist (see deps.py)
 
     def command(self, ctx: Context) -> list[str]:
         raise NotImplementedError
@@ -52,39 +56,55 @@ class Server:
         poll(lambda: http_status(ctx.port, path) == 200, self.ready_timeout_s, proc, f"{self.name}: GET {path}")
 
 
+def sidecar_argv(
+    python: str, artifacts: Path, state: Path, tools: Path, port: int, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """`python -m sidecar serve` as the benchmark runs it. `--grace-period 0` only shortens the exit (a SIGTERM
+    finalizes, then the grace period would wait for downloads); nothing measured depends on it."""
+    return [
+        python,
+        "-m",
+        "sidecar",
+        "serve",
+        "--artifacts-dir",
+        str(artifacts),
+        "--state-dir",
+        str(state),
+        "--tool-results-dir",
+        str(tools),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--settle-ms",
+        str(SETTLE_MS),
+        "--log-format",
+        "json",
+        "--log-level",
+        "warning",
+        "--grace-period",
+        "0",
+        *extra,
+    ]
+
+
+def sidecar_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
 class Sidecar(Server):
     name = "sidecar"
+    label = "python -m sidecar serve (this repository)"
 
     def command(self, ctx: Context) -> list[str]:
         state, tools = ctx.scratch / "state", ctx.scratch / "tool-results"
         tools.mkdir()
-        return [
-            ctx.python,
-            "-m",
-            "sidecar",
-            "serve",
-            "--artifacts-dir",
-            str(ctx.fixtures.files_dir),
-            "--state-dir",
-            str(state),
-            "--tool-results-dir",
-            str(tools),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(ctx.port),
-            "--settle-ms",
-            "50",
-            "--log-format",
-            "json",
-            "--log-level",
-            "warning",
-        ]
+        return sidecar_argv(ctx.python, ctx.fixtures.files_dir, state, tools, ctx.port)
 
     def env(self, ctx: Context) -> dict[str, str]:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        return env
+        return sidecar_env()
 
     def wait_ready(self, ctx: Context, proc: Running) -> None:
         """/readyz is 200, then the manifest lists every fixture (the 200 MiB file takes a hash first)."""
@@ -103,14 +123,91 @@ class Sidecar(Server):
 
 class AiohttpStatic(Server):
     name = "aiohttp"
+    label = "aiohttp web.static (bench/peers/aiohttp_static.py)"
 
     def command(self, ctx: Context) -> list[str]:
         script = BENCH_DIR / "peers" / "aiohttp_static.py"
         return [ctx.python, str(script), "--dir", str(ctx.fixtures.files_dir), "--port", str(ctx.port)]
 
 
-SERVERS: dict[str, type[Server]] = {"sidecar": Sidecar, "aiohttp": AiohttpStatic}
-BASELINE = "sidecar"  # ratios are BASELINE / each other server
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {scratch}/nginx.pid;
+error_log {scratch}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path {scratch}/body;
+    proxy_temp_path {scratch}/proxy;
+    fastcgi_temp_path {scratch}/fastcgi;
+    uwsgi_temp_path {scratch}/uwsgi;
+    scgi_temp_path {scratch}/scgi;
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        location /artifacts/ {{
+            alias {files}/;
+        }}
+    }}
+}}
+"""
+
+
+class Nginx(Server):
+    name = "nginx"
+    label = "nginx, 1 worker, sendfile on, access_log off"
+    needs = ("nginx",)
+
+    def command(self, ctx: Context) -> list[str]:
+        conf = ctx.scratch / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(scratch=ctx.scratch, port=ctx.port, files=ctx.fixtures.files_dir))
+        # -e: the error log before the config is read; -p: prefix; the master and its worker run pinned.
+        return ["nginx", "-p", str(ctx.scratch), "-e", str(ctx.scratch / "error.log"), "-c", str(conf)]
+
+
+class Express(Server):
+    name = "express"
+    label = "express res.sendFile (bench/peers/express_static.js)"
+    needs = ("node",)
+
+    def command(self, ctx: Context) -> list[str]:
+        script = BENCH_DIR / "peers" / "express_static.js"
+        return ["node", str(script), "--dir", str(ctx.fixtures.files_dir), "--port", str(ctx.port)]
+
+    def env(self, ctx: Context) -> dict[str, str]:
+        return dict(os.environ, NODE_ENV="production")
+
+
+class HttpServer(Server):
+    name = "http.server"
+    label = "python -m http.server (ThreadingHTTPServer, HTTP/1.0)"
+    prefix = "/"  # it serves the folder at the root
+
+    def command(self, ctx: Context) -> list[str]:
+        return [
+            ctx.python,
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            str(ctx.fixtures.files_dir),
+            str(ctx.port),
+        ]
+
+
+SERVERS: dict[str, type[Server]] = {
+    "sidecar": Sidecar,
+    "nginx": Nginx,
+    "aiohttp": AiohttpStatic,
+    "express": Express,
+    "http.server": HttpServer,
+}
 
 
 # ---- processes ---------------------------------------------------------------------------------
@@ -136,6 +233,22 @@ class Running:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, every thread, reaped children included) of the server's process group: what
+        it cost, whatever else runs on the machine."""
+        ticks = 0
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid:  # pgrp: the group leader is the process we started
+                ticks += sum(int(v) for v in fields[11:15])  # utime, stime, cutime, cstime
+        return ticks / CLK_TCK
 
     def check_alive(self) -> None:
         code = self.proc.poll()
