@@ -7,6 +7,7 @@ calls `run_materialize` directly.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import json
@@ -14,6 +15,7 @@ import os
 import secrets
 import stat
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO
@@ -29,6 +31,9 @@ __all__ = ("NotARegularFile", "Outcome", "materialize_file", "run_materialize")
 
 _READ = 1 << 20
 _SPILL = 4 << 20  # decoded bytes held in memory before they go to the temp file
+# Payloads are made durable in batches: one filesystem sync for many files costs about what one fsync does.
+_BATCH_FILES = 256
+_BATCH_BYTES = 64 << 20
 # two spellings of one type must not count as "the detected type differs from the declared one"
 _ALIASES = {
     "image/jpg": "image/jpeg",
@@ -183,24 +188,26 @@ class _Sink:
         fd = self.fd
         return is_complete(mime, lambda offset, size: os.pread(fd, size, offset), self.size)
 
-    def commit(self, target: Path) -> None:
-        """Make the payload the file at target, durably (the directory is fsynced by the caller)."""
+    def commit(self, target: Path, batch: _Batch) -> None:
+        """Hand the payload to the batch that makes it the file at target once it is durable."""
+        if target in batch.targets:
+            self.discard()  # the same payload twice in one batch: the name carries the hash
+            return
         with contextlib.suppress(OSError):
             st = os.stat(target, follow_symlinks=False)
             if stat.S_ISREG(st.st_mode) and st.st_size == self.size:
-                self.discard()  # identical payloads give one file: the name carries the hash
+                self.discard()  # identical payloads give one file
                 return
         try:
             if self.fd < 0:
                 self._spill()
             assert self.tmp is not None
-            os.fsync(self.fd)
             os.close(self.fd)
             self.fd = -1
-            os.replace(self.tmp, target)
         except OSError:
             self.discard()
             raise
+        batch.add(self.tmp, target, self.size)
         self.tmp = None
 
     def discard(self) -> None:
@@ -214,6 +221,79 @@ class _Sink:
             self.tmp = None
 
 
+class _Batch:
+    """Payloads written to hidden temp files but not yet durable. `flush` syncs the filesystem once, then
+    renames them into place: a crash before that leaves only ignored temp names, never a torn artifact."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.items: list[tuple[Path, Path]] = []
+        self.targets: set[Path] = set()
+        self.size = 0
+
+    def add(self, tmp: Path, target: Path, size: int) -> None:
+        self.items.append((tmp, target))
+        self.targets.add(target)
+        self.size += size
+
+    @property
+    def full(self) -> bool:
+        return len(self.items) >= _BATCH_FILES or self.size >= _BATCH_BYTES
+
+    def flush(self) -> dict[str, OSError]:
+        """Make every pending payload durable and visible; returns the artifact names that failed."""
+        items, self.items, self.targets, self.size = self.items, [], set(), 0
+        if not items:
+            return {}
+        failed: dict[str, OSError] = {}
+        try:
+            _sync_filesystem(self.directory)
+        except OSError:
+            for tmp, target in items:  # no syncfs here: one fsync a file
+                try:
+                    fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                except OSError as e:
+                    failed[target.name] = e
+        for tmp, target in items:
+            if target.name not in failed:
+                try:
+                    os.replace(tmp, target)
+                    continue
+                except OSError as e:
+                    failed[target.name] = e
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return failed
+
+
+def _load_syncfs() -> Callable[[int], int] | None:
+    try:
+        func: Callable[[int], int] | None = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+    except OSError:
+        return None
+    return func
+
+
+_SYNCFS = _load_syncfs() if sys.platform.startswith("linux") else None
+
+
+def _sync_filesystem(directory: Path) -> None:
+    """syncfs(2) on the artifacts dir's filesystem: every file written so far is on disk when it returns."""
+    if _SYNCFS is None:
+        raise OSError(errno.ENOSYS, "syncfs is not available")
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
+
+
 def _scan(fd: int, path: Path, settings: Settings) -> tuple[list[Outcome], list[tuple[int, int, bytes]]]:
     scanner = Scanner(
         settings.data_url_types,
@@ -222,6 +302,7 @@ def _scan(fd: int, path: Path, settings: Settings) -> tuple[list[Outcome], list[
     )
     outcomes: list[Outcome] = []
     edits: list[tuple[int, int, bytes]] = []
+    batch = _Batch(settings.artifacts_dir)
     found: Found | None = None
     sink: _Sink | None = None
     offset = 0
@@ -238,24 +319,51 @@ def _scan(fd: int, path: Path, settings: Settings) -> tuple[list[Outcome], list[
                     found = ev
                     sink = _Sink(settings.artifacts_dir, settings.max_data_url_bytes)
                 elif isinstance(ev, Ended) and found is not None and sink is not None:
-                    outcome = _settle(path, found, ev, sink, settings)
+                    outcome = _settle(path, found, ev, sink, settings, batch)
                     sink.discard()
                     found, sink = None, None
                     if outcome is not None:
                         outcomes.append(outcome)
                         if outcome.status == "materialized":
                             edits.append((ev.offset, ev.end, f"/artifacts/{outcome.name}".encode()))
+                        if batch.full:
+                            edits = _failed_writes(batch.flush(), outcomes, edits)
                 elif isinstance(ev, Dropped) and sink is not None:
                     sink.discard()
                     found, sink = None, None
             if not chunk:
-                return outcomes, edits
+                return outcomes, _failed_writes(batch.flush(), outcomes, edits)
     finally:
         if sink is not None:
             sink.discard()
+        for tmp, _ in batch.items:  # only left when something raised: no half-made artifact stays
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
-def _settle(path: Path, found: Found, ended: Ended, sink: _Sink, settings: Settings) -> Outcome | None:
+def _failed_writes(
+    failed: dict[str, OSError], outcomes: list[Outcome], edits: list[tuple[int, int, bytes]]
+) -> list[tuple[int, int, bytes]]:
+    """Turn the outcomes whose artifact could not be made durable into `write_failed`; drop their edits."""
+    if not failed:
+        return edits
+    for i, o in enumerate(outcomes):
+        if o.status == "materialized" and o.name in failed:
+            error = failed[o.name]
+            outcomes[i] = Outcome(
+                o.source,
+                o.offset,
+                "rejected",
+                mime_type=o.mime_type,
+                reason="write_failed",
+                detail=f"the artifact could not be written: {error.strerror or error}",
+                size_bytes=o.size_bytes,
+            )
+    gone = {f"/artifacts/{name}".encode() for name in failed}
+    return [e for e in edits if e[2] not in gone]
+
+
+def _settle(path: Path, found: Found, ended: Ended, sink: _Sink, settings: Settings, batch: _Batch) -> Outcome | None:
     """Decide about one finished payload: None (left alone), rejected, or written as an artifact."""
 
     def rejected(reason: str, detail: str, mime: str | None) -> Outcome | None:
@@ -297,7 +405,7 @@ def _settle(path: Path, found: Found, ended: Ended, sink: _Sink, settings: Setti
     digest = sink.sha.hexdigest()
     name = f"datauri-{digest[:16]}.{extension_for(mime)}"
     try:
-        sink.commit(settings.artifacts_dir / name)
+        sink.commit(settings.artifacts_dir / name, batch)
     except OSError as e:  # one artifact that cannot be written does not stop the others
         return _write_failed(path, ended, sink, mime, e)
     return Outcome(

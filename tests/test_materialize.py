@@ -381,3 +381,36 @@ class TestRunMaterialize:
         assert len(out.getvalue().splitlines()) == 1
         err = capsys.readouterr().err
         assert "missing.txt" in err and str(tmp_path) in err
+
+
+class TestBatches:
+    def test_more_payloads_than_one_batch_are_all_made_durable(
+        self, settings: Settings, source: Callable[..., Path]
+    ) -> None:
+        """Payloads are synced and renamed in batches; a file with several batches' worth loses none."""
+        images = [make_png(seed=1000 + i) for i in range(materialize._BATCH_FILES + 20)]
+        src = source("\n".join(f'"data:image/png;base64,{b64(png)}"' for png in images))
+        outcomes = materialize_file(src, settings)
+        assert [o.status for o in outcomes] == ["materialized"] * len(images)
+        for png in images:
+            assert (settings.artifacts_dir / name_of(png, "png")).read_bytes() == png
+        assert not [p for p in settings.artifacts_dir.iterdir() if p.name.startswith(".")], "no temp file left"
+        assert src.read_text().count("/artifacts/datauri-") == len(images)
+
+    def test_a_failed_rename_becomes_write_failed_and_the_text_stays(
+        self, settings: Settings, source: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """If making an artifact durable fails, its outcome is `write_failed` and its data URL is not rewritten."""
+        png = make_png(seed=77)
+        text = f'"data:image/png;base64,{b64(png)}"'
+        src = source(text)
+
+        def refuse(tmp: object, target: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(materialize.os, "replace", refuse)
+        (o,) = materialize_file(src, settings)
+        monkeypatch.undo()
+        assert (o.status, o.reason) == ("rejected", "write_failed")
+        assert src.read_text() == text
+        assert not list(settings.artifacts_dir.iterdir()), "the temp file is removed"
