@@ -146,7 +146,7 @@ class Sidecar:
                 self.child = Child(self.command)
                 self.child.start(loop)
                 log.info("lifecycle.child_started", pid=self.child.pid, command=self.command[0])
-                exit_code = await self._wait_child_or_fast_exit()
+                exit_code = await self._wait_child()
             else:
                 await self._wait_any(self.finalize_requested)
             if not self.fast_exit.is_set():
@@ -201,7 +201,7 @@ class Sidecar:
             for w in waits:
                 w.cancel()
 
-    async def _wait_child_or_fast_exit(self) -> int:
+    async def _wait_child(self) -> int:
         assert self.child is not None
         status = await self.child.wait()
         log.info("lifecycle.child_exited", pid=self.child.pid, status=status)
