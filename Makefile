@@ -6,7 +6,7 @@ SHARED ?= ../shared
 CONFORMANCE ?= .
 PYTEST_FLAGS ?= -q
 
-.PHONY: venv sysdeps lint test conformance demo demo-serve bench clean
+.PHONY: venv sysdeps lint test conformance demo demo-serve bench soak clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ demo: venv
 
 demo-serve: venv
 	$(PY) examples/demo.py serve
+
+# The end-to-end scenario N times with seeded random faults (tests/e2e/soak.py --help for the faults).
+N ?= 100
+SEED ?= 1
+SOAK_FLAGS ?=
+soak: venv
+	$(PY) tests/e2e/soak.py --runs $(N) --seed $(SEED) $(SOAK_FLAGS)
 
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)
