@@ -22,6 +22,7 @@ __all__ = ("ToolResultsWatcher", "compile_glob")
 log = get_logger("sidecar.toolresults")
 
 ROOT_POLL_S = 1.0  # how often a missing root is looked for (one stat; no watch can see it appear)
+WATCH_SETTLE_S = 0.5  # by then the watch is registered: one more scan closes the gap before it
 
 
 def compile_glob(pattern: str) -> re.Pattern[str]:
@@ -82,7 +83,6 @@ class ToolResultsWatcher:
         while not root.is_dir():
             await asyncio.sleep(ROOT_POLL_S)
         log.debug("toolresults.watching", root=str(root))
-        await self.scan_root(root)
 
         async def handle(paths: list[str]) -> None:
             for path in paths:
@@ -91,7 +91,16 @@ class ToolResultsWatcher:
                 elif os.path.isdir(path) and not os.path.islink(path):
                     await self.scan_root(root, Path(path))
 
-        await watch_forever(root, None, handle, lambda: self.scan_root(root))
+        async with asyncio.TaskGroup() as tg:
+            # The watch starts first; a file written before it is really registered (it registers in
+            # a thread) is caught by the second scan, and anything missed later by the periodic rescan.
+            tg.create_task(watch_forever(root, None, handle, lambda: self.scan_root(root)))
+            await self.scan_root(root)
+            await asyncio.sleep(WATCH_SETTLE_S)
+            await self.scan_root(root)
+            while True:
+                await asyncio.sleep(self.settings.rescan_interval)
+                await self.scan_root(root)
 
     def _offer(self, path: str) -> None:
         try:
