@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -11,6 +12,7 @@ from email.utils import parsedate_to_datetime
 import aiohttp
 
 from sidecar.config import Settings
+from sidecar.deliveries import Deliveries
 from sidecar.fsutil import atomic_write_bytes
 from sidecar.logs import get_logger
 from sidecar.manifest import ManifestStore
@@ -26,6 +28,7 @@ BACKOFF_CAP_S = 10.0
 RETRY_AFTER_CAP_S = 120.0
 RETRYABLE = frozenset({408, 425, 429})
 STATE_FILE = "push.json"
+SAVE_EVERY_S = 0.25  # acknowledgements are written at most this often (and when idle, and at the end)
 
 
 def backoff_delay(attempt: int, rng: random.Random) -> float:
@@ -54,7 +57,9 @@ class _Retry(Exception):
 
 
 class Pusher:
-    def __init__(self, settings: Settings, store: ManifestStore, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: Settings, store: ManifestStore, metrics: Metrics, deliveries: Deliveries | None = None
+    ) -> None:
         assert settings.ui_push_url is not None
         self.url = settings.ui_push_url
         self.mode = settings.ui_push_mode
@@ -62,12 +67,18 @@ class Pusher:
         self.token = settings.ui_token.get_secret_value() if settings.ui_token else None
         self.store = store
         self.metrics = metrics
+        self.deliveries = deliveries  # written before the acknowledgements (see Deliveries)
         self.path = settings.state_dir.absolute() / STATE_FILE
         self.acked_version = 0
         self.acked: dict[str, str] = {}  # cache mode: name -> sha256 the UI acknowledged
         self.failed: set[str] = set()  # Idempotency-Keys refused with a 4xx: never retried
         self.rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self._stopping = False
+        # cache mode: names changed since they were last looked at, oldest first (the newest is pushed first)
+        self._queue: dict[str, None] = {}
+        self._synced = -1  # the store version the queue reflects; -1: rebuild from all entries
+        self._dirty = False  # acknowledgements not yet on disk
+        self._saved_at = 0.0
 
     # ---- persistence -------------------------------------------------------------------
 
@@ -81,11 +92,49 @@ class Pusher:
         self.acked_version = int(doc.get("acked_version", 0))
         self.acked = {str(k): str(v) for k, v in doc.get("acked", {}).items()}
 
-    def _save(self) -> None:
+    def _save(self, doc: bytes, delivered: bytes | None) -> None:
+        if self.deliveries is not None:
+            self.deliveries.write(delivered)
+        atomic_write_bytes(self.path, doc)
+
+    def _snapshot(self) -> tuple[bytes, bytes | None]:
+        delivered = self.deliveries.snapshot() if self.deliveries is not None else None
+        self._dirty = False
+        self._saved_at = time.monotonic()
         doc = {"sidecar_id": self.store.sidecar_id, "acked_version": self.acked_version, "acked": self.acked}
-        atomic_write_bytes(self.path, json.dumps(doc).encode())
+        return json.dumps(doc).encode(), delivered
+
+    async def _persist(self, *, force: bool = False) -> None:
+        """Write the acknowledgements, at most every SAVE_EVERY_S unless forced. A SIGKILL in between only
+        means a few pushes are repeated after restart, with the same Idempotency-Key."""
+        if self._dirty and (force or time.monotonic() - self._saved_at >= SAVE_EVERY_S):
+            await asyncio.to_thread(self._save, *self._snapshot())
+
+    def flush(self) -> None:
+        """The last write at exit (blocking; the loop is shutting down)."""
+        if self._dirty:
+            with contextlib.suppress(OSError):
+                self._save(*self._snapshot())
 
     # ---- the loop ------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Bring the cache-mode queue up to the store's version: O(changes), not O(entries)."""
+        store = self.store
+        if self._synced == store.version:
+            return
+        changes = store.changes_since(self._synced) if self._synced >= 0 else None
+        if changes is None:
+            order = sorted(store.entries.values(), key=lambda e: (e.mtime, e.name))
+            self._queue = dict.fromkeys(e.name for e in order)
+        else:
+            for c in changes:
+                for e in c.upserted:
+                    self._queue.pop(e.name, None)
+                    self._queue[e.name] = None
+                for name in c.removed:
+                    self._queue.pop(name, None)
+        self._synced = store.version
 
     def _next(self) -> tuple[str, bytes, str | None, int] | None:
         """(Idempotency-Key, body, name or None, version) of the newest thing not yet acknowledged."""
@@ -95,10 +144,13 @@ class Pusher:
             if store.version <= self.acked_version or key in self.failed:
                 return None
             return key, store.body(), None, store.version
-        for name in sorted(store.entries):
-            e = store.entries[name]
-            key = f"{store.sidecar_id}:{e.id}"
-            if self.acked.get(name) == e.sha256 or key in self.failed:
+        self._sync()
+        while self._queue:
+            name = next(reversed(self._queue))
+            e = store.entries.get(name)
+            key = f"{store.sidecar_id}:{e.id}" if e is not None else ""
+            if e is None or self.acked.get(name) == e.sha256 or key in self.failed:
+                del self._queue[name]
                 continue
             body = json.dumps({"chatId": self.chat_id, "artifact": store.entry_doc(e)}).encode()
             return key, body, name, store.version
@@ -110,31 +162,39 @@ class Pusher:
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         timeout = aiohttp.ClientTimeout(total=PUSH_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-            attempt = 0
-            while not self._stopping:
-                work = self._next()
-                if work is None:
-                    attempt = 0
+        try:
+            async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+                await self._loop(session)
+        finally:
+            self.flush()
+
+    async def _loop(self, session: aiohttp.ClientSession) -> None:
+        attempt = 0
+        while not self._stopping:
+            work = self._next()
+            if work is None:
+                attempt = 0
+                await self._persist(force=True)
+                if self._next() is None:
                     await self.store.wait_change(3600)
-                    continue
-                key, body, name, version = work
-                try:
-                    await self._post(session, key, body, name, version)
-                    attempt = 0
-                except _Retry as r:
-                    wait = r.wait if r.wait is not None else backoff_delay(attempt, self.rng)
-                    self.metrics.push_attempts.labels(outcome="retry").inc()
-                    log.info(
-                        "push.retry",
-                        key=key,
-                        version=version,
-                        attempt=attempt + 1,
-                        wait_s=round(wait, 3),
-                        reason=r.reason,
-                    )
-                    attempt += 1
-                    await asyncio.sleep(wait)  # then the newest wins: _next() looks again
+                continue
+            key, body, name, version = work
+            try:
+                await self._post(session, key, body, name, version)
+                attempt = 0
+            except _Retry as r:
+                wait = r.wait if r.wait is not None else backoff_delay(attempt, self.rng)
+                self.metrics.push_attempts.labels(outcome="retry").inc()
+                log.info(
+                    "push.retry",
+                    key=key,
+                    version=version,
+                    attempt=attempt + 1,
+                    wait_s=round(wait, 3),
+                    reason=r.reason,
+                )
+                attempt += 1
+                await asyncio.sleep(wait)  # then the newest wins: _next() looks again
 
     async def _post(
         self, session: aiohttp.ClientSession, key: str, body: bytes, name: str | None, version: int
@@ -152,7 +212,8 @@ class Pusher:
                 self.acked_version = max(self.acked_version, version)
             else:
                 self.acked[name] = json.loads(body)["artifact"]["sha256"]
-            await asyncio.to_thread(self._save)
+            self._dirty = True
+            await self._persist()
             log.info("push.ok", key=key, version=version, status=status, name=name)
             return
         if status in RETRYABLE or status >= 500:

@@ -235,6 +235,24 @@ class TestCacheMode:
         await asyncio.sleep(0.3)
         assert sorted(p.body["artifact"]["name"] for p in ui.requests) == ["a.txt", "b.txt", "b.txt"]
 
+    async def test_newest_artifact_is_pushed_first(self, run_ui, run_sidecar, workspace):
+        """While one push is in flight, later artifacts queue up; the newest of them goes next, each once."""
+        ui = await run_ui(delay=1.0)
+        ws = workspace()
+        port = free_port()
+        sc = await run_sidecar(
+            "--ui-push-url", ui.url, "--ui-push-mode", "cache", "--public-base-url", f"http://127.0.0.1:{port}",
+            "--chat-id", "c", port=port,
+        )  # fmt: skip
+        ws.write("first.txt", b"0")
+        await wait_for(lambda: ui.in_flight == 1, timeout=5)
+        for n in ("b.txt", "c.txt", "a.txt"):  # published in this order, which is not the order of the names
+            ws.write(n, n.encode())
+            await wait_for(lambda n=n: [e for e in sc.events("artifact.published") if e.get("name") == n])
+        await wait_for(lambda: len(ui.acked()) == 4, timeout=10)
+        await asyncio.sleep(0.3)
+        assert [p.body["artifact"]["name"] for p in ui.requests] == ["first.txt", "a.txt", "c.txt", "b.txt"]
+
     async def test_exits_promptly_once_released(self, run_ui, run_sidecar, workspace, http):
         """With everything pushed, POST /v1/release then SIGTERM ends the daemon at once, every task stopped."""
         ui = await run_ui()
