@@ -12,8 +12,9 @@ from typing import Any, Literal
 from aiohttp import web
 
 from sidecar.config import Settings
+from sidecar.deliveries import Deliveries
 from sidecar.logs import get_logger
-from sidecar.manifest import Entry, ManifestStore
+from sidecar.manifest import ManifestStore
 from sidecar.metrics import Metrics
 from sidecar.notify import Notifier
 from sidecar.pusher import Pusher
@@ -22,7 +23,7 @@ from sidecar.supervise import Child
 from sidecar.toolresults import ToolResultsWatcher
 from sidecar.watcher import ArtifactWatcher
 
-__all__ = ("Deliveries", "Sidecar")
+__all__ = ("Sidecar",)
 
 log = get_logger("sidecar.lifecycle")
 
@@ -30,35 +31,6 @@ DRAIN_S = 5.0  # SPEC 8 step 4: in-flight responses get this long
 FAST_EXIT_S = 0.5  # a second signal: what is left of the drain
 TASK_STOP_S = 2.0  # how long a cancelled background task may take to end
 FINAL_PUSH_S = 2.0  # when the grace period ends early, the final push may still take this long
-
-
-class Deliveries:
-    """Which contents were downloaded in full: whole 200 bodies, or 206 ranges that together cover them."""
-
-    def __init__(self) -> None:
-        self._cover: dict[tuple[str, str], list[tuple[int, int]]] = {}
-        self._done: set[tuple[str, str]] = set()
-        self.changed = asyncio.Event()
-
-    def served(self, entry: Entry, start: int, end: int) -> None:
-        key = (entry.name, entry.sha256)
-        if key in self._done:
-            return
-        spans = sorted([*self._cover.get(key, []), (start, end)])
-        merged: list[tuple[int, int]] = []
-        for a, b in spans:
-            if merged and a <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        self._cover[key] = merged
-        if merged[0][0] <= 0 and merged[0][1] >= entry.size_bytes:
-            self._done.add(key)
-            self._cover.pop(key, None)
-            self.changed.set()
-
-    def delivered(self, entry: Entry) -> bool:
-        return (entry.name, entry.sha256) in self._done or entry.size_bytes == 0
 
 
 class Sidecar:
@@ -82,8 +54,8 @@ class Sidecar:
             root, self.store, self.metrics, settle=settings.settle_s, rescan=settings.rescan_interval
         )
         self.toolresults = ToolResultsWatcher(settings, self.store, self.watcher, self.metrics)
-        self.pusher = Pusher(settings, self.store, self.metrics) if settings.ui_push_url else None
-        self.deliveries = Deliveries()
+        self.deliveries = Deliveries(settings.state_dir.absolute())
+        self.pusher = Pusher(settings, self.store, self.metrics, self.deliveries) if settings.ui_push_url else None
         self.notifier = Notifier.from_env()
         self.listening = False
         self.finalize_requested = asyncio.Event()
@@ -117,6 +89,7 @@ class Sidecar:
         s = self.settings
         s.artifacts_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.store.load)
+        await asyncio.to_thread(self.deliveries.load, self.store.sidecar_id)
         hooks = Hooks(self.ready, self.request_finalize, self.release, self.watcher.nudge, self.deliveries.served)
         app = build_app(s, self.store, self.metrics, hooks)
         runner = web.AppRunner(
@@ -135,6 +108,7 @@ class Sidecar:
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         tasks = [asyncio.create_task(self.watcher.run(), name="watcher")]
         tasks.append(asyncio.create_task(self.toolresults.run(), name="tool-results"))
+        tasks.append(asyncio.create_task(self.deliveries.persist_forever(), name="deliveries"))
         if self.pusher is not None:
             tasks.append(asyncio.create_task(self.pusher.run(), name="pusher"))
         exit_code = 0

@@ -196,6 +196,29 @@ class TestRestart:
             assert entry(doc, name)["sha256"] == entry(seen, name)["sha256"]
             assert entry(doc, name)["created_at"] == entry(seen, name)["created_at"]
 
+    async def test_downloads_before_a_sigkill_still_count_after_restart(self, run_sidecar, workspace, http):
+        """A download survives a SIGKILL: the restarted daemon's grace period does not wait for it again."""
+        ws = workspace()
+        ws.write("a.txt", b"a")
+        ws.write("b.txt", b"b")
+        first = await run_sidecar("--grace-period", "30")
+        await wait_manifest(http, first, lambda d: names(d) == ["a.txt", "b.txt"])
+        async with http.get(first.url("/artifacts/a.txt")) as resp:
+            assert await resp.read() == b"a"
+        await wait_for(lambda: (ws.state / "deliveries.json").exists(), timeout=3)
+        first.signal(signal.SIGKILL)
+        assert await first.wait_exit(5) == -signal.SIGKILL
+
+        second = await run_sidecar("--grace-period", "30", ws=ws)
+        second.signal(signal.SIGTERM)
+        await wait_manifest(http, second, lambda d: d["state"] == "final")
+        await asyncio.sleep(0.3)
+        assert second.proc.poll() is None, "b.txt was never downloaded"
+        async with http.get(second.url("/artifacts/b.txt")) as resp:
+            assert await resp.read() == b"b"
+        assert await second.wait_exit(4) == 0
+        assert second.events("lifecycle.delivered")
+
 
 class TestRun:
     async def test_run_exits_with_the_child_status(self, run_sidecar):

@@ -1,0 +1,102 @@
+"""Which contents were downloaded in full (SPEC 8 step 3), persisted so a restart does not forget them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+
+from sidecar.fsutil import atomic_write_bytes
+from sidecar.logs import get_logger
+from sidecar.manifest import Entry
+
+__all__ = ("Deliveries",)
+
+log = get_logger("sidecar.deliveries")
+
+STATE_FILE = "deliveries.json"
+SAVE_AFTER_S = 0.25  # a delivery reaches the disk this long after it happened, at the latest
+
+
+class Deliveries:
+    """Whole 200 bodies, or 206 ranges that together cover them, per (name, sha256).
+
+    Written to the state dir a moment after each change, and always before the pusher writes the
+    acknowledgements that follow (a Janus-like UI downloads, then acknowledges): after a SIGKILL and a
+    restart, an artifact is either known delivered or pushed again, so the grace period never waits for
+    a download that already happened and will not be repeated."""
+
+    def __init__(self, state_dir: Path | None = None) -> None:
+        self.path = state_dir / STATE_FILE if state_dir is not None else None
+        self.sidecar_id = ""
+        self._cover: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        self._done: set[tuple[str, str]] = set()
+        self._dirty = False
+        self._wake = asyncio.Event()
+        self.changed = asyncio.Event()
+
+    # ---- persistence -------------------------------------------------------------------
+
+    def load(self, sidecar_id: str) -> None:
+        """Blocking, at start: what was delivered before a restart of the same sidecar."""
+        self.sidecar_id = sidecar_id
+        if self.path is None:
+            return
+        try:
+            doc = json.loads(self.path.read_bytes())
+            if doc.get("sidecar_id") == sidecar_id:
+                self._done.update((str(n), str(s)) for n, s in doc.get("done", []))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return
+
+    def snapshot(self) -> bytes | None:
+        """The file's next content when something changed since the last one (on the loop's thread)."""
+        if not self._dirty or self.path is None:
+            return None
+        self._dirty = False
+        return json.dumps({"sidecar_id": self.sidecar_id, "done": sorted(self._done)}).encode()
+
+    def write(self, doc: bytes | None) -> None:
+        """Blocking: run in a thread, or at exit."""
+        if doc is not None and self.path is not None:
+            try:
+                atomic_write_bytes(self.path, doc)
+            except OSError as e:
+                self._dirty = True
+                log.warning("deliveries.save_failed", error=str(e))
+
+    async def persist_forever(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                await asyncio.sleep(SAVE_AFTER_S)
+                await asyncio.to_thread(self.write, self.snapshot())
+        finally:
+            with contextlib.suppress(Exception):
+                self.write(self.snapshot())
+
+    # ---- bookkeeping -------------------------------------------------------------------
+
+    def served(self, entry: Entry, start: int, end: int) -> None:
+        key = (entry.name, entry.sha256)
+        if key in self._done:
+            return
+        spans = sorted([*self._cover.get(key, []), (start, end)])
+        merged: list[tuple[int, int]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self._cover[key] = merged
+        if merged[0][0] <= 0 and merged[0][1] >= entry.size_bytes:
+            self._done.add(key)
+            self._cover.pop(key, None)
+            self._dirty = True
+            self._wake.set()
+            self.changed.set()
+
+    def delivered(self, entry: Entry) -> bool:
+        return (entry.name, entry.sha256) in self._done or entry.size_bytes == 0
