@@ -19,9 +19,9 @@ RUNS = [
         id="run-ui-down-503-429-polling",
     ),
     pytest.param(
-        Faults(seed=12, burst=200, kill_restart_at=2.5, full_disk=True, exit_status=3),
+        Faults(seed=12, burst=200, kill_restart_at=2.5, full_disk=True, overflow=True, exit_status=3),
         40.0,  # an upper bound too: downloads before the SIGKILL are remembered (deliveries.json)
-        id="serve-sigkill-restart-full-disk",
+        id="serve-sigkill-restart-full-disk-overflow",
     ),
 ]
 

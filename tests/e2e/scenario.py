@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ class Faults:
     kill_restart_at: float = 0.0  # > 0: `serve` + separate agent; SIGKILL serve at that second, restart it
     full_disk: bool = False  # artifacts dir on a small tmpfs, filled by the agent
     polling: bool = False  # WATCHFILES_FORCE_POLLING=1
+    overflow: bool = False  # the sidecar's inotify queues hold 64 events: the burst overflows them
     exit_status: int = 0
     seed: int = 0
 
@@ -57,6 +59,8 @@ class Faults:
             parts.append("full_disk")
         if self.polling:
             parts.append("polling")
+        if self.overflow:
+            parts.append("queue_overflow")
         parts.append(f"exit={self.exit_status}")
         return " ".join(parts)
 
@@ -78,6 +82,8 @@ class Faults:
             f.full_disk = True
         if rng.random() < 0.3:
             f.polling = True
+        elif rng.random() < 0.3:
+            f.overflow = True
         return f
 
 
@@ -236,6 +242,30 @@ async def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 
     return False
 
 
+INOTIFY_QUEUE = Path("/proc/sys/fs/inotify/max_queued_events")
+SMALL_QUEUE = 64
+
+
+@contextlib.asynccontextmanager
+async def small_inotify_queue(enabled: bool, notes: dict[str, Any]) -> AsyncIterator[None]:
+    """Shrink the inotify queue of instances created meanwhile (the sidecar's, read at inotify_init), then
+    restore it. A machine-wide setting, so only for the moment the sidecar starts; needs root."""
+    old = None
+    if enabled:
+        try:
+            old = INOTIFY_QUEUE.read_text().strip()
+            INOTIFY_QUEUE.write_text(str(SMALL_QUEUE))
+            notes["queue_overflow"] = f"max_queued_events {SMALL_QUEUE} (was {old})"
+        except OSError as e:
+            notes["queue_overflow"] = f"unavailable ({e.strerror}): skipped"
+            old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            INOTIFY_QUEUE.write_text(old)
+
+
 def mount_tmpfs(path: Path, size: str) -> str | None:
     """Mount a small tmpfs at path; None when the machine does not allow it (not root, no mount)."""
     if os.geteuid() != 0 or not shutil.which("mount"):
@@ -315,7 +345,9 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
     try:
         res.exit_expected = faults.exit_status
         if not faults.kill_restart_at:
-            sc = start("run", ["--", *agent_argv])
+            async with small_inotify_queue(faults.overflow, res.notes):
+                sc = start("run", ["--", *agent_argv])
+                await wait_ready(base, sc)
             res.exit_got = await wait_proc(sc, run_timeout)
             if res.exit_got is None:
                 res.errors.append(f"sidecar run did not exit within {run_timeout:.0f} s")
@@ -323,8 +355,9 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
             # SIGKILL of `run` would orphan the agent (own process group) and a restarted `run` would start a
             # second agent: so this fault uses `serve` with the agent started by this driver, as an orchestrator
             # would, restarts `serve` on the same state dir and port, then finalizes with POST /v1/finalize.
-            sc = start("serve", [])
-            await wait_ready(base, sc)
+            async with small_inotify_queue(faults.overflow, res.notes):
+                sc = start("serve", [])
+                await wait_ready(base, sc)
             with open(workdir / "agent.out", "wb") as out:
                 agent = subprocess.Popen(agent_argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -333,8 +366,10 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
             kill_group(sc)
             res.notes["killed_at_s"] = round(time.monotonic() - t0, 2)
             await asyncio.sleep(0.3)
-            sc = start("serve", [])
-            if not await wait_ready(base, sc):
+            async with small_inotify_queue(faults.overflow, res.notes):
+                sc = start("serve", [])
+                ready = await wait_ready(base, sc)
+            if not ready:
                 res.errors.append("restarted serve never became ready")
             agent_rc = await wait_proc(agent, run_timeout)
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as http:
