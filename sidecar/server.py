@@ -13,7 +13,7 @@ from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 
 from aiohttp import hdrs, web
-from aiohttp_sse import sse_response
+from aiohttp_sse import EventSourceResponse, sse_response
 from multidict import CIMultiDict
 
 from sidecar.config import Settings
@@ -342,37 +342,42 @@ class Api:
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         last = request.headers.get("Last-Event-ID", "").strip()
-        store = self.store
         async with sse_response(request, ping_interval=SSE_PING_S) as sse:
-            cur = int(last) if last.lstrip("-").isdigit() else None
-            if cur is None or store.changes_since(cur) is None:
+            try:
+                await self._stream(sse, int(last) if last.lstrip("-").isdigit() else None)
+            except ConnectionError:  # the subscriber went away: its stream simply ends
+                log.debug("events.client_gone", peer=request.remote)
+        return sse
+
+    async def _stream(self, sse: EventSourceResponse, cur: int | None) -> None:
+        store = self.store
+        if cur is None or store.changes_since(cur) is None:
+            await sse.send(store.body().decode(), event="manifest", id=str(store.version))
+            cur = store.version
+        while sse.is_connected() and not self.closing.is_set():
+            changes = store.changes_since(cur)
+            if changes is None:
                 await sse.send(store.body().decode(), event="manifest", id=str(store.version))
                 cur = store.version
-            while sse.is_connected() and not self.closing.is_set():
-                changes = store.changes_since(cur)
-                if changes is None:
-                    await sse.send(store.body().decode(), event="manifest", id=str(store.version))
-                    cur = store.version
-                    continue
-                if not changes:
-                    await self._change_or_closing(SSE_PING_S)
-                    continue
-                for ch in changes:
-                    if ch.upserted or ch.removed:
-                        doc = {
-                            "version": ch.version,
-                            "state": store.state,
-                            "upserted": [store.entry_doc(e) for e in ch.upserted],
-                            "removed": list(ch.removed),
-                        }
-                        await sse.send(json.dumps(doc), event="artifacts", id=str(ch.version))
-                    if ch.state_changed:
-                        doc = {"version": ch.version, "state": store.state}
-                        await sse.send(json.dumps(doc), event="state", id=str(ch.version))
-                    if not (ch.upserted or ch.removed or ch.state_changed):
-                        await sse.send(json.dumps({"version": ch.version}), event="artifacts", id=str(ch.version))
-                    cur = ch.version
-        return sse
+                continue
+            if not changes:
+                await self._change_or_closing(SSE_PING_S)
+                continue
+            for ch in changes:
+                if ch.upserted or ch.removed:
+                    doc = {
+                        "version": ch.version,
+                        "state": store.state,
+                        "upserted": [store.entry_doc(e) for e in ch.upserted],
+                        "removed": list(ch.removed),
+                    }
+                    await sse.send(json.dumps(doc), event="artifacts", id=str(ch.version))
+                if ch.state_changed:
+                    doc = {"version": ch.version, "state": store.state}
+                    await sse.send(json.dumps(doc), event="state", id=str(ch.version))
+                if not (ch.upserted or ch.removed or ch.state_changed):
+                    await sse.send(json.dumps({"version": ch.version}), event="artifacts", id=str(ch.version))
+                cur = ch.version
 
     async def finalize(self, request: web.Request) -> web.StreamResponse:
         state = await self.hooks.finalize()

@@ -7,6 +7,8 @@ import asyncio
 import json
 import os
 import secrets
+import socket
+import struct
 import time
 from email.utils import formatdate
 from typing import Any
@@ -543,6 +545,25 @@ class TestManifestAndEvents:
         async with http.get(sc.url("/v1/events"), headers={"Last-Event-ID": "not-a-version"}) as resp:
             event = await asyncio.wait_for(read_event(resp), 5)
         assert (event["event"], event["id"]) == ("manifest", str(last["version"]))
+
+    async def test_events_client_gone_is_not_an_error(self, run_sidecar, workspace, http):
+        """A subscriber that vanishes (reset connection) ends its stream quietly: no traceback, no error log."""
+        ws = workspace()
+        sc = await run_sidecar()
+        for i in range(3):
+            with socket.create_connection(("127.0.0.1", sc.port)) as s:
+                s.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+                got = b""
+                while b"event: manifest" not in got:
+                    chunk = s.recv(65536)
+                    assert chunk, got
+                    got += chunk
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+            ws.write(f"after-{i}.txt", b"x" * 100)
+            await wait_manifest(http, sc, lambda d, i=i: f"after-{i}.txt" in names(d))
+        await asyncio.sleep(0.5)
+        assert "Traceback" not in sc.stderr()
+        assert not [e for e in sc.logs() if e.get("level") in ("error", "critical")]
 
 
 class TestHealthAndMetrics:
