@@ -14,6 +14,7 @@ from typing import Any
 
 from watchfiles import Change, DefaultFilter, awatch
 
+from sidecar.dirwatch import OVERFLOW, RootGone, TreeWatch, WatchUnavailable
 from sidecar.fsutil import Signature, hash_beneath, list_tree, lstat_beneath, lstat_many, signature
 from sidecar.logs import get_logger
 from sidecar.manifest import Entry, Identity, ManifestStore, Rejected
@@ -25,9 +26,11 @@ __all__ = ("ArtifactWatcher", "Provenance", "Settler", "relevant_name", "watch_f
 
 log = get_logger("sidecar.watcher")
 
-# watchfiles groups events: it yields once no new event came for STEP_MS, at the latest after DEBOUNCE_MS.
+# When polling, watchfiles groups events: it yields once no new event came for STEP_MS, at the latest
+# after DEBOUNCE_MS.
 STEP_MS = 25
 DEBOUNCE_MS = 100
+ROOT_WAIT_S = 1.0
 
 
 def relevant_name(name: str) -> bool:
@@ -51,38 +54,62 @@ class ArtifactFilter(DefaultFilter):
         return rel != "." and not rel.startswith("..") and relevant_name(rel.replace(os.sep, "/"))
 
 
+def _polling_forced() -> bool:
+    return os.environ.get("WATCHFILES_FORCE_POLLING", "").lower() not in ("", "0", "false", "no")
+
+
 async def watch_forever(
     root: Path,
     watch_filter: DefaultFilter | None,
     handle: Callable[[list[str]], Awaitable[None]],
     rescan: Callable[[], Awaitable[None]],
 ) -> None:
-    """awatch, restarted when it fails (a name that is not UTF-8 makes watchfiles raise), with a rescan to
-    catch what the failure hid; after repeated failures (no inotify, no watches left) it falls back to polling."""
+    """inotify on every directory of the tree (sidecar.dirwatch); restarted with a rescan when it fails,
+    an immediate rescan when the kernel's queue overflowed. Where inotify cannot watch (no inotify, no
+    watches left, WATCHFILES_FORCE_POLLING set) or keeps failing, watchfiles polls instead."""
     failures = 0
-    force_polling: bool | None = None
+    polling = _polling_forced()
+    skip = None if watch_filter is None else (lambda path: not watch_filter(Change.added, path))
     while True:
         try:
-            async for changes in awatch(
-                root,
-                watch_filter=watch_filter,
-                debounce=DEBOUNCE_MS,
-                step=STEP_MS,
-                recursive=True,
-                ignore_permission_denied=True,
-                force_polling=force_polling,
-            ):
-                failures = 0
-                await handle([path for _, path in changes])
-            return
+            if polling:
+                await _poll(root, watch_filter, handle)
+                return
+            tree = TreeWatch(root, skip)
+            try:
+                async for paths in tree.batches():
+                    failures = 0
+                    if OVERFLOW in paths:
+                        await rescan()
+                    await handle([p for p in paths if p != OVERFLOW])
+            finally:
+                tree.close()
+        except RootGone as e:
+            log.warning("watch.root_gone", root=str(root), error=str(e))
+            await asyncio.sleep(ROOT_WAIT_S)  # then watch it again, once it is back
+            with contextlib.suppress(Exception):
+                await rescan()
         except Exception as e:
             failures += 1
-            if failures >= 3 and not force_polling:
-                force_polling = True
-            log.warning("watch.restarted", root=str(root), error=str(e), failures=failures, polling=bool(force_polling))
+            if isinstance(e, WatchUnavailable) or failures >= 3:
+                polling = True
+            log.warning("watch.restarted", root=str(root), error=str(e), failures=failures, polling=polling)
             await asyncio.sleep(min(2.0, 0.05 * failures))
             with contextlib.suppress(Exception):
                 await rescan()
+
+
+async def _poll(root: Path, watch_filter: DefaultFilter | None, handle: Callable[[list[str]], Awaitable[None]]) -> None:
+    async for changes in awatch(
+        root,
+        watch_filter=watch_filter,
+        debounce=DEBOUNCE_MS,
+        step=STEP_MS,
+        recursive=True,
+        ignore_permission_denied=True,
+        force_polling=True,
+    ):
+        await handle([path for _, path in changes])
 
 
 @dataclasses.dataclass(slots=True)

@@ -1,0 +1,138 @@
+"""Recursive directory watching on inotify (asyncinotify): events on the loop, nothing awake when idle.
+
+watchfiles polls its Rust thread every step (and takes the GIL to do it), delays each batch by its
+debounce, and drops the kernel's queue-overflow signal. Here the inotify descriptor sits in the event
+loop's selector, a batch is what arrived within BATCH_S of its first event, and an overflow is reported
+so that the caller rescans at once rather than at the next periodic rescan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from asyncinotify import Event, Inotify, Mask, Watch
+
+from sidecar.logs import get_logger
+
+__all__ = ("OVERFLOW", "RootGone", "TreeWatch", "WatchUnavailable")
+
+log = get_logger("sidecar.dirwatch")
+
+BATCH_S = 0.005  # events arriving this soon after the first one are handled with it
+MAX_BATCH = 65536
+READ_EVENTS = 1024  # events read per read(2), at most
+MASK = (
+    Mask.CREATE
+    | Mask.CLOSE_WRITE
+    | Mask.MODIFY
+    | Mask.ATTRIB
+    | Mask.MOVED_FROM
+    | Mask.MOVED_TO
+    | Mask.DELETE
+    | Mask.DELETE_SELF
+    | Mask.ONLYDIR
+    | Mask.DONT_FOLLOW
+    | Mask.EXCL_UNLINK
+)
+OVERFLOW = "\0overflow"  # in a batch: events were lost, rescan everything
+
+
+class WatchUnavailable(Exception):
+    """inotify cannot watch this tree (no inotify, out of instances or watches): poll instead."""
+
+
+class RootGone(Exception):
+    """The watched root was removed (or is not a directory): watch again once it is back."""
+
+
+class TreeWatch:
+    """A watch on every directory under root (symlinks never followed), kept up to date as directories
+    come, go and move. `skip_dir(path)` may leave directories out (dot directories, say)."""
+
+    def __init__(self, root: Path, skip_dir: Callable[[str], bool] | None = None) -> None:
+        self.root = root
+        self.skip_dir = skip_dir
+        try:
+            self.ino = Inotify(cache_size=READ_EVENTS, sync_timeout=0)
+        except OSError as e:
+            raise WatchUnavailable(f"inotify_init1: {e.strerror}") from e
+        self.watches: dict[str, Watch] = {}  # directory path -> its watch
+
+    def close(self) -> None:
+        self.ino.close()
+
+    def add_tree(self, top: str) -> None:
+        """Watch top and every directory below it (the watch goes on before the listing, so nothing
+        created in between is missed: it is either listed or reported)."""
+        stack = [top]
+        while stack:
+            path = stack.pop()
+            if path != str(self.root) and self.skip_dir is not None and self.skip_dir(path):
+                continue
+            try:
+                watch = self.ino.add_watch(path, MASK)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.ENOMEM):
+                    raise WatchUnavailable(f"inotify_add_watch: {e.strerror} (fs.inotify.max_user_watches)") from e
+                if path == str(self.root):
+                    raise RootGone(f"{path}: {e.strerror}") from e
+                continue  # gone, not a directory, a symlink, or unreadable: nothing to watch
+            watch.path = Path(path)  # the same directory under a new name keeps its watch descriptor
+            self.watches[path] = watch
+            with contextlib.suppress(OSError), os.scandir(path) as it:
+                stack.extend(d.path for d in it if d.is_dir(follow_symlinks=False))
+
+    def _forget(self, top: str) -> None:
+        """A directory moved away: drop its watches and those below it (a move inside the tree adds
+        them back under the new name)."""
+        prefix = top + os.sep
+        for path in [p for p in self.watches if p == top or p.startswith(prefix)]:
+            watch = self.watches.pop(path)
+            with contextlib.suppress(OSError):
+                self.ino.rm_watch(watch)
+
+    def _drain(self, first: Event) -> list[Event]:
+        events = [first]
+        while len(events) < MAX_BATCH:
+            try:
+                ev = self.ino.sync_get()
+            except BlockingIOError:
+                break
+            if ev is None:
+                break
+            events.append(ev)
+        return events
+
+    async def batches(self) -> AsyncIterator[list[str]]:
+        """Paths that changed, one batch at a time; a batch holding OVERFLOW means some were lost."""
+        self.add_tree(str(self.root))
+        while True:
+            first = await self.ino.get()
+            await asyncio.sleep(BATCH_S)
+            paths: dict[str, None] = {}
+            for ev in self._drain(first):
+                mask = ev.mask
+                if Mask.Q_OVERFLOW in mask:
+                    log.warning("watch.overflow", root=str(self.root))
+                    paths[OVERFLOW] = None
+                    self.add_tree(str(self.root))  # directories created meanwhile were missed too
+                    continue
+                if Mask.IGNORED in mask or ev.path is None:
+                    continue
+                path = str(ev.path)
+                if Mask.ISDIR in mask:
+                    if mask & (Mask.CREATE | Mask.MOVED_TO):
+                        self.add_tree(path)
+                    elif mask & (Mask.MOVED_FROM | Mask.DELETE):
+                        self._forget(path)
+                if Mask.DELETE_SELF in mask:
+                    self.watches.pop(path, None)
+                    if path == str(self.root):
+                        raise RootGone(f"{path} was removed")
+                paths[path] = None
+            yield list(paths)
