@@ -256,3 +256,16 @@ class TestEvents:
             (ws.artifacts / f"f{i:03d}.txt").write_bytes(b"%d" % i)
         await wait_manifest(http, sc, lambda d: len(d["artifacts"]) == 500, timeout=10)
         assert sc.events("watch.overflow")
+
+    async def test_forced_polling_still_publishes(self, run_sidecar, workspace, http):
+        """WATCHFILES_FORCE_POLLING=1 (filesystems without inotify): watchfiles polls; files, nested ones
+        included, are published and removals seen, without waiting for the periodic rescan."""
+        ws = workspace()
+        sc = await run_sidecar(env={"WATCHFILES_FORCE_POLLING": "1"})
+        ws.write("p.txt", b"p")
+        ws.write("d/q.txt", b"q")
+        ws.write(".hidden", b"h")
+        await wait_manifest(http, sc, lambda d: names(d) == ["d/q.txt", "p.txt"])
+        (ws.artifacts / "p.txt").unlink()
+        await wait_manifest(http, sc, lambda d: names(d) == ["d/q.txt"])
+        assert not sc.events("watch.restarted")
