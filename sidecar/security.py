@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import time
@@ -50,7 +51,11 @@ def name_from_raw_path(raw_path: str) -> str | None:
     Each segment is percent-decoded on its own, so `%2F` never makes a new segment; anything that is
     not clean UTF-8, or holds a separator, NUL, control character or dot component, names nothing.
     """
-    path = raw_path.split("?", 1)[0]
+    return _name_from_path(raw_path.split("?", 1)[0])
+
+
+@functools.lru_cache(maxsize=4096)  # the same few names are asked for again and again
+def _name_from_path(path: str) -> str | None:
     if not path.startswith("/artifacts/"):
         return None
     segments: list[str] = []

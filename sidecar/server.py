@@ -109,6 +109,7 @@ class Api:
     def __init__(self, settings: Settings, store: ManifestStore, metrics: Metrics, hooks: Hooks) -> None:
         self.settings = settings
         self.root = settings.artifacts_dir.absolute()
+        self.root_prefix = str(self.root).rstrip("/") + "/"  # names are relative, "/"-separated, checked
         self.store = store
         self.metrics = metrics
         self.hooks = hooks
@@ -132,10 +133,15 @@ class Api:
     # ---- middlewares and signals -------------------------------------------------------
 
     @web.middleware
-    async def errors(
+    async def edge(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        """One middleware (each layer costs a coroutine per request): preflight, auth, errors as JSON."""
         try:
+            if request.method == hdrs.METH_OPTIONS:
+                return self._preflight(request)
+            if not self._authorized(request):
+                return _error(401, "a bearer token or a valid signed URL is needed", {hdrs.WWW_AUTHENTICATE: "Bearer"})
             return await handler(request)
         except web.HTTPException as e:
             if e.status < 400:
@@ -148,22 +154,16 @@ class Api:
             log.exception("http.error", path=request.path)
             return _error(500, "internal error")
 
-    @web.middleware
-    async def preflight_and_auth(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if request.method == hdrs.METH_OPTIONS:
-            return self._preflight(request)
+    def _authorized(self, request: web.Request) -> bool:
         if self.token is None or request.path in OPEN_ROUTES:
-            return await handler(request)
+            return True
         if bearer_ok(request.headers.get(hdrs.AUTHORIZATION), self.token):
-            return await handler(request)
+            return True
         if request.method in (hdrs.METH_GET, hdrs.METH_HEAD) and request.raw_path.startswith("/artifacts/"):
             path = request.raw_path.split("?", 1)[0]
             q = request.query
-            if signature_ok(self.token, path, q.get("expires"), q.get("signature")):
-                return await handler(request)
-        return _error(401, "a bearer token or a valid signed URL is needed", {hdrs.WWW_AUTHENTICATE: "Bearer"})
+            return signature_ok(self.token, path, q.get("expires"), q.get("signature"))
+        return False
 
     def _preflight(self, request: web.Request) -> web.Response:
         resp = web.Response(status=204, headers={hdrs.ALLOW: "GET, HEAD, POST, OPTIONS"})
@@ -207,7 +207,7 @@ class Api:
     def _open(self, entry: Entry) -> int | None:
         """The published inode itself, or None when the file changed since publication."""
         try:
-            fd = os.open(self.root / entry.name, _OPEN_FLAGS)
+            fd = os.open(self.root_prefix + entry.name, _OPEN_FLAGS)
         except OSError:
             return None
         try:
@@ -404,7 +404,7 @@ API_KEY = web.AppKey("api", Api)
 
 def build_app(settings: Settings, store: ManifestStore, metrics: Metrics, hooks: Hooks) -> web.Application:
     api = Api(settings, store, metrics, hooks)
-    app = web.Application(middlewares=[api.errors, api.preflight_and_auth], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[api.edge], client_max_size=64 * 1024)
     app[API_KEY] = api
     app.on_response_prepare.append(api.on_prepare)
     r = app.router
