@@ -332,7 +332,41 @@ def data_urls(python: str, tr: ToolResults, scratch: Path, logs: Path) -> dict[s
         out[kind] = r
         work.unlink(missing_ok=True)
     shutil.rmtree(art, ignore_errors=True)
+    out["floor"] = _file_floor(python, art, tr)
+    shutil.rmtree(art, ignore_errors=True)
     return out
+
+
+_FLOOR = """
+import os, sys, time
+d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+os.makedirs(d, exist_ok=True)
+data = [os.urandom(size) for _ in range(64)]
+t = time.perf_counter()
+for i in range(n):
+    tmp = f"{d}/.f{i}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    os.write(fd, data[i % 64])
+    os.close(fd)
+    os.replace(tmp, f"{d}/f{i}.png")
+print(time.perf_counter() - t)
+"""
+
+
+def _file_floor(python: str, art: Path, tr: ToolResults) -> dict[str, Any]:
+    """The filesystem's floor for one file per payload, on the same CPU and the same dir: create, write,
+    close, rename of as many files of the dense file's average decoded size, and nothing else (no scan, no
+    decode, no hash, no fsync). Its input-equivalent MB/s is an upper bound for any one-file-per-image
+    design on this machine."""
+    size = int(tr.size / max(1, tr.dense_images) * 3 / 4)
+    r = subprocess.run(
+        ["taskset", "-c", str(SERVER_CPU), python, "-c", _FLOOR, str(art), str(tr.dense_images), str(size)],
+        capture_output=True, text=True, timeout=1800, check=True,
+    )  # fmt: skip
+    seconds = float(r.stdout.strip())
+    return {"files": tr.dense_images, "file_bytes": size, "seconds": round(seconds, 3),
+            "us_per_file": round(seconds / max(1, tr.dense_images) * 1e6, 1),
+            "input_mb_s": round(tr.size / seconds / 1e6, 1)}  # fmt: skip
 
 
 # ---- idle, /readyz, the manifest with 10,000 artifacts ---------------------------------------------------
