@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import binascii
+import contextlib
 import functools
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 from urllib.parse import unquote_to_bytes
 
 import pybase64
@@ -96,6 +98,47 @@ _FAST_MIN = 256  # shortest stretch worth the fast path
 _STRIDE = 16
 _STD_TAIL = re.compile(rb"[A-Za-z0-9+/]{0,3}")
 _DATA_COLON = re.compile(rb":(?<=[dD][aA][tT][aA]:)")  # the literal ':' first lets sre skip ahead in C
+
+
+class _Hyperscan:
+    """`data:` in any case found by Hyperscan (SIMD): ~3.6 GB/s on JSON-shaped text here, where sre's
+    search for the colon reaches ~1.3 GB/s. One database per thread (a scratch space is not shared)."""
+
+    def __init__(self, hs: Any) -> None:
+        self.hs = hs
+        self.local = threading.local()
+
+    def _db(self) -> Any:
+        db = getattr(self.local, "db", None)
+        if db is None:
+            db = self.hs.Database(mode=self.hs.HS_MODE_BLOCK)
+            db.compile(expressions=[b"data:"], ids=[0], elements=1, flags=[self.hs.HS_FLAG_CASELESS])
+            self.local.db = db
+        return db
+
+    def find(self, buf: bytes, start: int, end: int) -> int:
+        """Index of the first `data:` (any case) wholly inside buf[start:end], or -1."""
+        hit: list[int] = []
+
+        def on_match(_id: int, _from: int, to: int, _flags: int, _ctx: object) -> bool:
+            hit.append(to)
+            return True  # the first one is enough: stop
+
+        with contextlib.suppress(self.hs.ScanTerminated):
+            self._db().scan(memoryview(buf)[start:end], match_event_handler=on_match)
+        return start + hit[0] - 5 if hit else -1
+
+
+@functools.cache
+def _hyperscan() -> _Hyperscan | None:
+    """Loaded on first use (~5 MiB): a daemon that never scans a long text does not pay for it."""
+    try:
+        import hyperscan
+    except ImportError:  # not on every platform: sre does the same, slower
+        return None
+    return _Hyperscan(hyperscan)
+
+
 _WRAP_MAX = 4096  # longest wrapped line the fast path compiles a pattern for
 _WRAP_LINES = 512  # wrapped lines taken at once (more would slice past the payload for nothing)
 
@@ -290,6 +333,10 @@ class _Window:
             if buf[c - 4 : c].lower() == b"data":
                 return c - 4
             self.colons -= 1
+        lo = c - 3  # a `data:` whose colon is past c; c >= pos + 3, so lo >= pos >= 0
+        hs = _hyperscan()
+        if hs is not None:
+            return hs.find(buf, lo, limit + 4)
         m = _DATA_COLON.search(buf, c + 1, limit + 4)
         return m.start() - 4 if m is not None else -1
 

@@ -16,9 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar import scanner as scanner_module
 from sidecar.datauri import DataURLError, forgiving_base64_decode, parse_data_url, parse_mime_type, type_matches
 from sidecar.media import is_complete_bytes, sniff
-from sidecar.scanner import Decoded, Ended, Found, Match, Scanner, scan_bytes
+from sidecar.scanner import Decoded, Ended, Found, Match, Scanner, _Window, scan_bytes
 
 WPT = Path(__file__).parents[2] / "shared" / "testdata" / "wpt"
 DEFAULT = "text/plain;charset=US-ASCII"
@@ -512,3 +513,34 @@ class TestScannerMemory:
         sc.feed(b"data:image/png;base64,")
         got = [e for e in sc.feed(b"A" * (4 << 20)) if isinstance(e, Decoded)]
         assert sum(len(e.data) for e in got) >= 3 << 20
+
+
+class TestFindData:
+    """The two ways `data:` is searched for past the colon budget (Hyperscan where installed, sre
+    everywhere) find the same first occurrence, wherever the window starts and ends."""
+
+    @given(
+        st.lists(st.sampled_from([b"d", b"D", b"a", b"A", b"t", b"T", b":", b"x", b"data:", b"DaTa:"]), max_size=80),
+        st.integers(0, 40),
+        st.integers(0, 400),
+    )
+    @settings(max_examples=400, deadline=None)
+    def test_hyperscan_and_sre_agree(self, parts: list[bytes], pos: int, limit: int) -> None:
+        buf = b"".join(parts)
+        pos, limit = min(pos, len(buf)), min(max(pos, limit), len(buf))
+        want = next((i for i in range(pos, limit) if buf[i : i + 5].lower() == b"data:"), -1)
+        got = []
+        for use_hyperscan in (True, False):
+            w = _Window(buf)
+            w.colons = 0  # straight to the search that is not memchr
+            if not use_hyperscan:
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr(scanner_module, "_hyperscan", lambda: None)
+                    got.append(w.find_data(pos, limit))
+            else:
+                got.append(w.find_data(pos, limit))
+        assert got == [want, want]
+
+    def test_hyperscan_is_used_where_installed(self) -> None:
+        pytest.importorskip("hyperscan")
+        assert scanner_module._hyperscan() is not None
