@@ -246,19 +246,30 @@ INOTIFY_QUEUE = Path("/proc/sys/fs/inotify/max_queued_events")
 SMALL_QUEUE = 64
 
 
+_QUEUE_LOCK = asyncio.Lock()  # runs at once (soak --jobs) take turns: each restores what it found
+
+
 @contextlib.asynccontextmanager
 async def small_inotify_queue(enabled: bool, notes: dict[str, Any]) -> AsyncIterator[None]:
     """Shrink the inotify queue of instances created meanwhile (the sidecar's, read at inotify_init), then
     restore it. A machine-wide setting, so only for the moment the sidecar starts; needs root."""
+    if not enabled:
+        yield
+        return
+    async with _QUEUE_LOCK, _small_queue(notes):
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _small_queue(notes: dict[str, Any]) -> AsyncIterator[None]:
     old = None
-    if enabled:
-        try:
-            old = INOTIFY_QUEUE.read_text().strip()
-            INOTIFY_QUEUE.write_text(str(SMALL_QUEUE))
-            notes["queue_overflow"] = f"max_queued_events {SMALL_QUEUE} (was {old})"
-        except OSError as e:
-            notes["queue_overflow"] = f"unavailable ({e.strerror}): skipped"
-            old = None
+    try:
+        old = INOTIFY_QUEUE.read_text().strip()
+        INOTIFY_QUEUE.write_text(str(SMALL_QUEUE))
+        notes["queue_overflow"] = f"max_queued_events {SMALL_QUEUE} (was {old})"
+    except OSError as e:
+        notes["queue_overflow"] = f"unavailable ({e.strerror}): skipped"
+        old = None
     try:
         yield
     finally:
@@ -283,11 +294,11 @@ def umount(path: Path) -> None:
 
 
 def default_grace(faults: Faults) -> float:
-    """Long enough for every push (one at a time, ~40/s here on a loaded machine) and the faults' retries
+    """Long enough for every push (one at a time, ~20/s here with other runs beside it) and the faults' retries
     (a refused push waits its backoff, or the 1 s Retry-After of 30 % of them); an upper bound only, not
     part of the verdict: the grace period ends as soon as everything was downloaded."""
     retries = faults.burst * faults.ui_error_rate * 0.6
-    return 45.0 + faults.burst * 0.035 + (60.0 + retries if faults.ui_error_rate else 0.0)
+    return 45.0 + faults.burst * 0.06 + (60.0 + retries if faults.ui_error_rate else 0.0)
 
 
 async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = None) -> Result:

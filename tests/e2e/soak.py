@@ -79,19 +79,23 @@ async def main() -> int:
     p.add_argument("--workdir", type=Path, default=None, help="default: a temporary dir (kept for failed runs)")
     p.add_argument("--json", type=Path, default=None, help="write every run's result here")
     p.add_argument("--max-seconds", type=float, default=6 * 3600, help="stop starting runs after this")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once (most of a run with UI faults is waiting)")
     args = p.parse_args()
     rng = random.Random(args.seed)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="sidecar-soak-"))
     results: list[tuple[int, Faults, Result]] = []
     started = time.monotonic()
-    print(f"soak: {args.runs} runs, seed {args.seed}, burst {args.burst}, workdir {root}", flush=True)
-    for i in range(1, args.runs + 1):
-        if time.monotonic() - started > args.max_seconds:
-            print(f"soak: stopping after {args.max_seconds:.0f} s ({i - 1} runs)", flush=True)
-            break
-        faults = Faults.random(rng, args.burst)
-        workdir = root / f"run-{i:03d}"
-        res = await run_scenario(workdir, faults, grace=args.grace)
+    print(f"soak: {args.runs} runs, seed {args.seed}, burst {args.burst}, {args.jobs} at once, workdir {root}",
+          flush=True)  # fmt: skip
+    plan = [Faults.random(rng, args.burst) for _ in range(args.runs)]  # the same runs whatever --jobs is
+    slots = asyncio.Semaphore(max(1, args.jobs))
+
+    async def one(i: int, faults: Faults) -> None:
+        async with slots:
+            if time.monotonic() - started > args.max_seconds:
+                return
+            workdir = root / f"run-{i:03d}"
+            res = await run_scenario(workdir, faults, grace=args.grace)
         results.append((i, faults, res))
         print(f"run {i}: {'ok' if res.ok else 'FAILED'} {res.delivered}/{res.expected} in {res.seconds:.0f} s "
               f"[{res.faults}] {json.dumps(res.notes, default=str)[:400]}", flush=True)  # fmt: skip
@@ -99,6 +103,11 @@ async def main() -> int:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(describe_failure(res) + f"\n    kept: {workdir}", flush=True)
+
+    await asyncio.gather(*(one(i, f) for i, f in enumerate(plan, 1)))
+    if len(results) < args.runs:
+        print(f"soak: stopped after {args.max_seconds:.0f} s ({len(results)} of {args.runs} runs)", flush=True)
+    results.sort(key=lambda r: r[0])
     print("\n" + summary(results), flush=True)
     if args.json:
         args.json.write_text(json.dumps([{"run": i, **dataclasses.asdict(r)} for i, _, r in results], indent=1))
