@@ -151,9 +151,14 @@ class ToolResultsWatcher:
         except OSError as e:
             log.warning("datauri.unreadable", origin=str(path), error=str(e))
             return
-        with contextlib.suppress(OSError):
-            self.done[str(path)] = signature(os.lstat(path))
         origin = str(path)
+        if any(o.status == "rejected" and o.reason == "write_failed" for o in outcomes):
+            # Not done: the periodic rescan offers it again, so the payloads arrive once there is room.
+            self.done.pop(origin, None)
+            log.warning("datauri.retry_later", origin=origin, reason="write_failed")
+        else:
+            with contextlib.suppress(OSError):
+                self.done[origin] = signature(os.lstat(path))
         rejected: list[Rejected] = []
         for o in outcomes:
             if o.status == "materialized" and o.name and o.sha256 and o.mime_type:
