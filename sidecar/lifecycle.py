@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
@@ -22,6 +22,9 @@ from sidecar.supervise import Child
 from sidecar.toolresults import ToolResultsWatcher
 from sidecar.watcher import ArtifactWatcher
 
+if TYPE_CHECKING:
+    from sidecar.offload import Offloader
+
 __all__ = ("Deliveries", "Sidecar")
 
 log = get_logger("sidecar.lifecycle")
@@ -33,11 +36,13 @@ FINAL_PUSH_S = 2.0  # when the grace period ends early, the final push may still
 
 
 class Deliveries:
-    """Which contents were downloaded in full: whole 200 bodies, or 206 ranges that together cover them."""
+    """Which contents were downloaded in full: whole 200 bodies, or 206 ranges that together cover them; with
+    offload, also the contents confirmed in object storage (`stored`, SPEC 11)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stored: Callable[[str], bool] | None = None) -> None:
         self._cover: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self._done: set[tuple[str, str]] = set()
+        self.stored = stored
         self.changed = asyncio.Event()
 
     def served(self, entry: Entry, start: int, end: int) -> None:
@@ -58,7 +63,9 @@ class Deliveries:
             self.changed.set()
 
     def delivered(self, entry: Entry) -> bool:
-        return (entry.name, entry.sha256) in self._done or entry.size_bytes == 0
+        if (entry.name, entry.sha256) in self._done or entry.size_bytes == 0:
+            return True
+        return self.stored is not None and self.stored(entry.sha256)
 
 
 class Sidecar:
@@ -84,6 +91,14 @@ class Sidecar:
         self.toolresults = ToolResultsWatcher(settings, self.store, self.watcher, self.metrics)
         self.pusher = Pusher(settings, self.store, self.metrics) if settings.ui_push_url else None
         self.deliveries = Deliveries()
+        self.offloader: Offloader | None = None
+        if settings.s3_bucket:
+            from sidecar.offload import Offloader  # botocore only when offload is on
+
+            self.offloader = Offloader(settings, self.store, self.metrics, on_stored=self.deliveries.changed.set)
+            self.deliveries.stored = self.offloader.stored
+            self.store.storage_url = self.offloader.storage_url
+            self.store.push_hold = self.offloader.holds
         self.notifier = Notifier.from_env()
         self.listening = False
         self.finalize_requested = asyncio.Event()
@@ -137,6 +152,8 @@ class Sidecar:
         tasks.append(asyncio.create_task(self.toolresults.run(), name="tool-results"))
         if self.pusher is not None:
             tasks.append(asyncio.create_task(self.pusher.run(), name="pusher"))
+        if self.offloader is not None:
+            tasks.append(asyncio.create_task(self.offloader.run(), name="offload"))
         exit_code = 0
         try:
             await self.watcher.first_scan.wait()
@@ -157,6 +174,8 @@ class Sidecar:
             api.close_streams()
             if self.pusher is not None:
                 self.pusher.stop()
+            if self.offloader is not None:
+                self.offloader.stop()
             for t in tasks:
                 t.cancel()
             # A library may turn a cancellation into another exception and carry on (aiohttp's client
@@ -231,10 +250,12 @@ class Sidecar:
         await self.store.commit(state="final")
         log.info("lifecycle.final", version=self.store.version, artifacts=len(self.store.entries))
         deadline = time.monotonic() + s.grace_period
+        all_delivered = False
         while not self.released.is_set():
             waiting = [e for e in self.store.entries.values() if not self.deliveries.delivered(e)]
             if not waiting:
                 log.info("lifecycle.delivered", artifacts=len(self.store.entries))
+                all_delivered = True
                 break
             left = deadline - time.monotonic()
             if left <= 0:
@@ -248,5 +269,7 @@ class Sidecar:
                 for w in waits:
                     w.cancel()
         if self.pusher is not None:
-            # A last chance for an unacknowledged final push; never past the grace period.
-            await self.pusher.settle(min(FINAL_PUSH_S, max(0.0, deadline - time.monotonic())))
+            # A last chance for an unacknowledged final push; never past the grace period. With offload,
+            # "delivered" may mean "in the store": the pushes that tell the UI where get all the time left.
+            left = max(0.0, deadline - time.monotonic())
+            await self.pusher.settle(left if all_delivered and self.offloader is not None else min(FINAL_PUSH_S, left))

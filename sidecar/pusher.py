@@ -98,9 +98,9 @@ class Pusher:
         for name in sorted(store.entries):
             e = store.entries[name]
             key = f"{store.sidecar_id}:{e.id}"
-            if self.acked.get(name) == e.sha256 or key in self.failed:
+            if self.acked.get(name) == e.sha256 or key in self.failed or not store.push_ready(e):
                 continue
-            body = json.dumps({"chatId": self.chat_id, "artifact": store.entry_doc(e)}).encode()
+            body = json.dumps({"chatId": self.chat_id, "artifact": store.push_doc(e)}).encode()
             return key, body, name, store.version
         return None
 
