@@ -31,6 +31,7 @@ log = get_logger("sidecar.offload")
 WORKERS = 4  # uploads in flight at once
 REFUSED_RETRY_S = 60.0  # the store refused us as a whole (credentials, bucket): ask again this often, no faster
 CHANGED_RETRY_S = 1.0  # the file no longer held the published content: look again after this, doubling to a minute
+PUSH_HOLD_S = 10.0  # a cache-mode push waits this long at most for its storage_url, then goes with the sidecar's URL
 KEY_BUSY_RETRY_S = 0.5  # another content is being uploaded under the same key
 SAVE_BATCH_S = 0.05  # confirmations that land together share one write of uploads.json and one manifest batch
 STATE_FILE = "uploads.json"
@@ -60,6 +61,7 @@ class Offloader:
         self.names: dict[str, str] = {}  # sha256 -> a name it was published under
         self.unsure: set[str] = set()  # may have reached the store before the last stop: HeadObject first
         self.let_go: set[str] = set()  # an attempt failed: cache-mode pushes no longer wait for it
+        self.seen_at: dict[str, float] = {}  # sha256 -> when it was first to be uploaded (push holds end after)
         self.rejected: set[str] = set()
         self.changed: dict[str, int] = {}  # sha256 -> times its file was found changed
         self.queue: asyncio.Queue[str] = asyncio.Queue()
@@ -88,10 +90,11 @@ class Offloader:
         return sha256 in self.links
 
     def holds(self, sha256: str) -> bool:
-        """Cache-mode pushes wait for the storage_url only while the store answers and this upload has not failed."""
-        return not (
-            self._stopping or self.streak or sha256 in self.links or sha256 in self.let_go or sha256 in self.rejected
-        )
+        """Cache-mode pushes wait for the storage_url only while the store answers, this upload has not failed,
+        and for PUSH_HOLD_S at most (a big file or a slow store: the UI gets it from the sandbox meanwhile)."""
+        if self._stopping or self.streak or sha256 in self.links or sha256 in self.let_go or sha256 in self.rejected:
+            return False
+        return time.monotonic() - self.seen_at.get(sha256, time.monotonic()) < PUSH_HOLD_S
 
     def stop(self) -> None:
         self._stopping = True
@@ -195,6 +198,9 @@ class Offloader:
     def _enqueue(self, sha: str) -> None:
         if sha in self.objects or sha in self.queued or sha in self.busy or sha in self.rejected or self._stopping:
             return
+        if sha not in self.seen_at:
+            self.seen_at[sha] = time.monotonic()
+            asyncio.get_running_loop().call_later(PUSH_HOLD_S, self._let_go, sha)
         self.queued.add(sha)
         self.queue.put_nowait(sha)
 
@@ -275,7 +281,7 @@ class Offloader:
             self.keys_busy.discard(key)
 
     def _let_go(self, sha: str) -> None:
-        if sha not in self.let_go or self.streak == 1:
+        if sha not in self.links and (sha not in self.let_go or self.streak == 1):
             self.let_go.add(sha)
             self.store.poke()  # a cache-mode push that waited for this upload goes now
 

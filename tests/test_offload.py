@@ -283,6 +283,25 @@ class TestPushesAndGrace:
         assert entry(doc, "a.png")["url"] == "http://sandbox.example/artifacts/a.png"
         assert len(ui.pushes) == 1
 
+    async def test_a_slow_upload_does_not_keep_the_push_waiting(self, s3, run_sidecar, workspace, http, aiohttp_server):
+        """An upload still going after 10 s lets its cache-mode push go with the sidecar's URL."""
+        srv = s3(part_delay=5.0)
+        ui = Receiver()
+        app = web.Application()
+        app.router.add_post("/push", ui.handle)
+        server = await aiohttp_server(app, host="127.0.0.1")
+        ws = workspace()
+        sc = await run_sidecar(
+            *offload(srv), "--ui-push-url", str(server.make_url("/push")), "--ui-push-mode", "cache",
+            "--public-base-url", "http://sandbox.example", "--chat-id", "c", env=s3_env(),
+        )  # fmt: skip
+        ws.write("big.bin", os.urandom(20 * MiB))
+        await wait_for(lambda: ui.pushes, timeout=20)
+        art = ui.pushes[0]["artifact"]
+        assert art["url"] == "http://sandbox.example/artifacts/big.bin" and "storage_url" not in art
+        await wait_manifest(http, sc, stored("big.bin"), timeout=30)
+        assert len(ui.pushes) == 1  # the UI has it already: no second push for the storage_url
+
     async def test_manifest_mode_pushes_carry_storage_url(self, s3, run_sidecar, workspace, aiohttp_server):
         """In manifest mode, a later manifest push carries the entry's storage_url."""
         srv = s3()
