@@ -250,6 +250,21 @@ class TestRestart:
         assert await metric(http, second, 'sidecar_uploads_total{outcome="ok"}') == 1
         assert "storage_url" in entry(doc, "small.txt")
 
+    async def test_stored_but_unconfirmed_is_found_not_uploaded_again(self, s3, run_sidecar, workspace, http):
+        """Killed after the store had an object but before uploads.json said so: a HeadObject confirms it."""
+        srv = s3()
+        ws = workspace()
+        first = await run_sidecar(*offload(srv, "--s3-prefix", ""), ws=ws, env=s3_env())
+        ws.write("a.txt", b"landed")
+        await wait_manifest(http, first, stored("a.txt"), timeout=10)
+        first.signal(signal.SIGKILL)
+        await first.wait_exit(5)
+        (ws.state / "uploads.json").unlink()
+        second = await run_sidecar(*offload(srv, "--s3-prefix", ""), ws=ws, env=s3_env())
+        await second.wait_log("upload.ok", found=True, timeout=10)
+        assert srv.ops("a.txt") == ["PutObject", "HeadObject"]
+        assert await metric(http, second, 'sidecar_uploads_total{outcome="found"}') == 1
+
 
 @dataclasses.dataclass
 class Receiver:
