@@ -1,4 +1,4 @@
-"""Settings: every option of SPEC section 2, typed and validated once, from flags and SIDECAR_* variables."""
+"""Settings: every option of SPEC sections 2 and 11, typed and validated once, from flags and SIDECAR_* variables."""
 
 from __future__ import annotations
 
@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     log_format: LogFormat = "auto"
     log_level: LogLevel = "info"
     log_file: Path | None = None
+    s3_bucket: str | None = None
+    s3_prefix: str | None = None  # None: `<chat_id or sidecar_id>/`, known once the state dir is read
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
 
     @field_validator("tool_results_dirs", "cors_origins", "data_url_types", mode="before")
     @classmethod
@@ -84,12 +88,19 @@ class Settings(BaseSettings):
             raise ValueError("must be an absolute http(s) URL")
         return value.rstrip("/")
 
-    @field_validator("ui_push_url")
+    @field_validator("ui_push_url", "s3_endpoint_url")
     @classmethod
     def _absolute_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an absolute http(s) URL")
         return value
+
+    @field_validator("s3_bucket", "s3_region")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip() if value is not None else None
 
     @field_validator("data_url_types")
     @classmethod
@@ -159,4 +170,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("log_format"),
     Option("log_level"),
     Option("log_file"),
+    Option("s3_bucket"),
+    Option("s3_prefix"),
+    Option("s3_endpoint_url"),
+    Option("s3_region"),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from sidecar.fsutil import atomic_write_bytes
@@ -20,15 +21,17 @@ SAVE_AFTER_S = 0.25  # a delivery reaches the disk this long after it happened, 
 
 
 class Deliveries:
-    """Whole 200 bodies, or 206 ranges that together cover them, per (name, sha256).
+    """Whole 200 bodies, or 206 ranges that together cover them, per (name, sha256); with offload, also
+    the contents confirmed in object storage.
 
     Written to the state dir a moment after each change, and always before the pusher writes the
     acknowledgements that follow (a Janus-like UI downloads, then acknowledges): after a SIGKILL and a
     restart, an artifact is either known delivered or pushed again, so the grace period never waits for
     a download that already happened and will not be repeated."""
 
-    def __init__(self, state_dir: Path | None = None) -> None:
+    def __init__(self, state_dir: Path | None = None, stored: Callable[[str], bool] | None = None) -> None:
         self.path = state_dir / STATE_FILE if state_dir is not None else None
+        self.stored = stored  # with offload: sha256 -> confirmed in object storage (counts as delivered, SPEC 11)
         self.sidecar_id = ""
         self._cover: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self._done: set[tuple[str, str]] = set()
@@ -99,4 +102,6 @@ class Deliveries:
             self.changed.set()
 
     def delivered(self, entry: Entry) -> bool:
-        return (entry.name, entry.sha256) in self._done or entry.size_bytes == 0
+        if (entry.name, entry.sha256) in self._done or entry.size_bytes == 0:
+            return True
+        return self.stored is not None and self.stored(entry.sha256)

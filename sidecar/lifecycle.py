@@ -7,7 +7,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Coroutine, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
@@ -22,6 +22,9 @@ from sidecar.server import API_KEY, Hooks, build_app
 from sidecar.supervise import Child
 from sidecar.toolresults import ToolResultsWatcher
 from sidecar.watcher import ArtifactWatcher
+
+if TYPE_CHECKING:
+    from sidecar.offload import Offloader
 
 __all__ = ("Sidecar",)
 
@@ -56,6 +59,14 @@ class Sidecar:
         self.toolresults = ToolResultsWatcher(settings, self.store, self.watcher, self.metrics)
         self.deliveries = Deliveries(settings.state_dir.absolute())
         self.pusher = Pusher(settings, self.store, self.metrics, self.deliveries) if settings.ui_push_url else None
+        self.offloader: Offloader | None = None
+        if settings.s3_bucket:
+            from sidecar.offload import Offloader  # botocore only when offload is on
+
+            self.offloader = Offloader(settings, self.store, self.metrics, on_stored=self.deliveries.changed.set)
+            self.deliveries.stored = self.offloader.stored
+            self.store.storage_url = self.offloader.storage_url
+            self.store.push_hold = self.offloader.holds
         self.notifier = Notifier.from_env()
         self.listening = False
         self.finalize_requested = asyncio.Event()
@@ -111,6 +122,8 @@ class Sidecar:
         tasks.append(asyncio.create_task(self.deliveries.persist_forever(), name="deliveries"))
         if self.pusher is not None:
             tasks.append(asyncio.create_task(self.pusher.run(), name="pusher"))
+        if self.offloader is not None:
+            tasks.append(asyncio.create_task(self.offloader.run(), name="offload"))
         exit_code = 0
         try:
             await self.watcher.first_scan.wait()
@@ -131,6 +144,8 @@ class Sidecar:
             api.close_streams()
             if self.pusher is not None:
                 self.pusher.stop()
+            if self.offloader is not None:
+                self.offloader.stop()
             for t in tasks:
                 t.cancel()
             # A library may turn a cancellation into another exception and carry on (aiohttp's client
@@ -205,10 +220,12 @@ class Sidecar:
         await self.store.commit(state="final")
         log.info("lifecycle.final", version=self.store.version, artifacts=len(self.store.entries))
         deadline = time.monotonic() + s.grace_period
+        all_delivered = False
         while not self.released.is_set():
             waiting = [e for e in self.store.entries.values() if not self.deliveries.delivered(e)]
             if not waiting:
                 log.info("lifecycle.delivered", artifacts=len(self.store.entries))
+                all_delivered = True
                 break
             left = deadline - time.monotonic()
             if left <= 0:
@@ -222,5 +239,7 @@ class Sidecar:
                 for w in waits:
                     w.cancel()
         if self.pusher is not None:
-            # A last chance for an unacknowledged final push; never past the grace period.
-            await self.pusher.settle(min(FINAL_PUSH_S, max(0.0, deadline - time.monotonic())))
+            # A last chance for an unacknowledged final push; never past the grace period. With offload,
+            # "delivered" may mean "in the store": the pushes that tell the UI where get all the time left.
+            left = max(0.0, deadline - time.monotonic())
+            await self.pusher.settle(left if all_delivered and self.offloader is not None else min(FINAL_PUSH_S, left))

@@ -11,7 +11,7 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from email.utils import formatdate
 from pathlib import Path
@@ -230,6 +230,9 @@ class ManifestStore:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._cache: tuple[int, float, bytes] | None = None
+        # Object-storage offload (SPEC 11) plugs in here; the store itself never talks to a store.
+        self.storage_url: Callable[[str], str | None] | None = None  # sha256 -> presigned GET URL
+        self.push_hold: Callable[[str], bool] | None = None  # sha256 -> keep it from cache-mode pushes for now
 
     # ---- persistence -------------------------------------------------------------------
 
@@ -286,8 +289,12 @@ class ManifestStore:
         rejected_add: Iterable[Rejected] = (),
         rejected_remove: Iterable[str] = (),
         state: State | None = None,
+        relinked: Iterable[str] = (),
     ) -> Change | None:
-        """Apply a batch; every visible difference is one version step. Returns None when nothing changed."""
+        """Apply a batch; every visible difference is one version step. Returns None when nothing changed.
+
+        `relinked` names entries whose document changed while their file did not (their `storage_url`
+        came or went): each is a step and is listed as upserted, so pollers, SSE and pushes see it."""
         async with self._lock:
             entries = dict(self.entries)
             rejected = dict(self.rejected)
@@ -310,6 +317,11 @@ class ManifestStore:
             for name in removals:
                 if entries.pop(name, None) is not None:
                     removed.append(name)
+                    steps += 1
+            fresh = {u.name for u in upserted}
+            for name in dict.fromkeys(relinked):
+                if name in entries and name not in fresh:  # gone, or already a step of this batch
+                    upserted.append(entries[name])
                     steps += 1
             for key in rejected_remove:
                 if rejected.pop(key, None) is not None:
@@ -339,6 +351,11 @@ class ManifestStore:
             event.set()
             return change
 
+    def poke(self) -> None:
+        """Wake every `wait_change` without a new version (the pusher: a held entry was let go)."""
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
     # ---- reading -----------------------------------------------------------------------
 
     async def wait_change(self, timeout: float) -> bool:
@@ -359,7 +376,20 @@ class ManifestStore:
             if self.auth_token:
                 url += "?" + signed_query(self.auth_token, e.path, self.ttl, now)
             doc["url"] = url
+        if self.storage_url is not None and (link := self.storage_url(e.sha256)) is not None:
+            doc["storage_url"] = link
         return doc
+
+    def push_doc(self, e: Entry) -> dict[str, Any]:
+        """A cache-mode push's artifact: the entry, downloaded from object storage when it is there."""
+        doc = self.entry_doc(e)
+        if "storage_url" in doc:
+            doc["url"] = doc["storage_url"]
+        return doc
+
+    def push_ready(self, e: Entry) -> bool:
+        """False while the upload of this content is on its way (cache mode then waits for its storage_url)."""
+        return self.push_hold is None or not self.push_hold(e.sha256)
 
     def document(self) -> dict[str, Any]:
         now = time.time()

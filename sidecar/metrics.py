@@ -19,6 +19,10 @@ class Metrics:
         self.rejected = Counter("sidecar_datauri_rejected", "Data URLs refused", ["reason"], registry=r)
         self.push_attempts = Counter("sidecar_push_attempts", "Pushes to the UI by outcome", ["outcome"], registry=r)
         self.response_bytes = Counter("sidecar_http_response_bytes", "HTTP response body bytes sent", registry=r)
+        # Object-storage offload (SPEC 11): ok = uploaded, found = already in the store (HeadObject after a
+        # restart), retry = the store was down or busy, failed = it refused, changed = the file moved on.
+        self.uploads = Counter("sidecar_uploads", "Uploads to object storage by outcome", ["outcome"], registry=r)
+        self.upload_bytes = Counter("sidecar_upload_bytes", "Bytes of confirmed uploads to object storage", registry=r)
         self.publish_latency = Histogram(
             "sidecar_publish_latency_seconds",
             "From a file's last change to its publication",

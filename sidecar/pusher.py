@@ -145,14 +145,23 @@ class Pusher:
                 return None
             return key, store.body(), None, store.version
         self._sync()
-        while self._queue:
-            name = next(reversed(self._queue))
+        gone: list[str] = []
+        work = None
+        for name in reversed(self._queue):  # newest first; held ones (their upload is on its way) stay queued
             e = store.entries.get(name)
             key = f"{store.sidecar_id}:{e.id}" if e is not None else ""
             if e is None or self.acked.get(name) == e.sha256 or key in self.failed:
-                del self._queue[name]
+                gone.append(name)
                 continue
-            body = json.dumps({"chatId": self.chat_id, "artifact": store.entry_doc(e)}).encode()
+            if not store.push_ready(e):
+                continue
+            work = key, name, e
+            break
+        for name in gone:
+            del self._queue[name]
+        if work is not None:
+            key, name, e = work
+            body = json.dumps({"chatId": self.chat_id, "artifact": store.push_doc(e)}).encode()
             return key, body, name, store.version
         return None
 

@@ -179,6 +179,9 @@ class TestRefusals:
             (["--data-url-types", "image"], "--data-url-types"),
             (["--max-data-url-bytes", "0"], "--max-data-url-bytes"),
             (["--min-data-url-bytes", "10", "--max-data-url-bytes", "5"], "--min-data-url-bytes"),
+            (["--s3-bucket", " "], "--s3-bucket"),
+            (["--s3-endpoint-url", "minio:9000"], "--s3-endpoint-url"),
+            (["--s3-region", ""], "--s3-region"),
         ],
     )
     def test_bad_values_exit_2_naming_the_option(self, capsys, argv, option):
@@ -267,6 +270,34 @@ class TestRefusals:
             "c1",
         )
         assert (s.ui_push_mode, s.public_base_url, s.chat_id) == ("cache", "https://sandbox.example", "c1")
+
+
+class TestObjectStorage:
+    def test_offload_is_off_by_default(self):
+        """Without --s3-bucket nothing is offloaded; the prefix default is left for run time (SPEC 11)."""
+        s = settings()
+        assert (s.s3_bucket, s.s3_prefix, s.s3_endpoint_url, s.s3_region) == (None, None, None, "us-east-1")
+
+    def test_flags(self):
+        """--s3-bucket, --s3-prefix, --s3-endpoint-url and --s3-region set the four settings."""
+        s = settings(
+            "--s3-bucket", "artifacts", "--s3-prefix", "runs/7/", "--s3-endpoint-url", "http://minio:9000",
+            "--s3-region", "auto",
+        )  # fmt: skip
+        assert (s.s3_bucket, s.s3_prefix, s.s3_endpoint_url, s.s3_region) == (
+            "artifacts", "runs/7/", "http://minio:9000", "auto"
+        )  # fmt: skip
+
+    def test_environment_and_precedence(self, monkeypatch):
+        """SIDECAR_S3_* variables set them; a flag wins; an empty prefix means keys at the bucket's root."""
+        monkeypatch.setenv("SIDECAR_S3_BUCKET", "from-env")
+        monkeypatch.setenv("SIDECAR_S3_PREFIX", "")
+        monkeypatch.setenv("SIDECAR_S3_ENDPOINT_URL", "https://acct.r2.cloudflarestorage.com")
+        monkeypatch.setenv("SIDECAR_S3_REGION", "eu-west-3")
+        s = settings("--s3-bucket", "from-flag")
+        assert (s.s3_bucket, s.s3_prefix, s.s3_endpoint_url, s.s3_region) == (
+            "from-flag", "", "https://acct.r2.cloudflarestorage.com", "eu-west-3"
+        )  # fmt: skip
 
 
 class TestCommandLine:

@@ -2,7 +2,8 @@
 
 The long version is `make soak` (tests/e2e/soak.py). Each run here is checked for: every artifact of the final
 manifest delivered byte-exact, nothing truncated or half-written ever published, the right final manifest,
-and the agent's exit status coming through.
+and the agent's exit status coming through. The offload run (issue 7) has the receiver download every artifact
+from its presigned storage URL after the sidecar has exited.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ RUNS = [
         Faults(seed=12, burst=200, kill_restart_at=2.5, full_disk=True, overflow=True, exit_status=3),
         40.0,  # an upper bound too: downloads before the SIGKILL are remembered (deliveries.json)
         id="serve-sigkill-restart-full-disk-overflow",
+    ),
+    pytest.param(
+        Faults(seed=13, burst=200, ui_down_s=1.0, offload=True, exit_status=5),
+        40.0,  # ends once everything is in the store and the UI was told where
+        id="run-offload-download-from-the-store-after-exit",
     ),
 ]
 

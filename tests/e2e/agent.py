@@ -161,6 +161,16 @@ class Agent:
         self.final["slow/big.png"] = sha(data)
         self.notes["slow_max_gap_s"] = round(max(gaps[1:] or [0]), 3)
 
+    def big(self) -> None:
+        """A file above the 8 MiB multipart threshold of object-storage offload, and a copy of it (dedupe)."""
+        data = self.rng.randbytes(self.args.big_mib << 20)
+        for name in ("big/blob.bin", "big/copy-of-blob.bin"):
+            (self.a / "big").mkdir(exist_ok=True)
+            (self.a / "big" / ".writing").write_bytes(data)
+            (self.a / "big" / ".writing").rename(self.a / name)
+            self.allow(name, data)
+            self.final[name] = sha(data)
+
     def burst(self) -> None:
         n = self.args.burst
         for i in range(n):
@@ -276,6 +286,8 @@ class Agent:
         self.data_urls()
         self.slow()
         self.burst()
+        if self.args.big_mib:
+            self.big()
         if self.args.fill_disk:
             self.fill_disk()
         self.notes["agent_s"] = round(time.monotonic() - t0, 2)
@@ -304,6 +316,7 @@ def main() -> int:
     p.add_argument("--slow-s", type=float, default=2.5)
     p.add_argument("--datauri-wait", type=float, default=20.0)
     p.add_argument("--fill-disk", action="store_true")
+    p.add_argument("--big-mib", type=int, default=0, help="also write a file this large, and a copy of it")
     p.add_argument("--exit-status", type=int, default=0)
     return Agent(p.parse_args()).run()
 

@@ -44,6 +44,7 @@ class Faults:
     overflow: bool = False  # the sidecar's inotify queues hold 64 events: the burst overflows them
     exit_status: int = 0
     seed: int = 0
+    offload: bool = False  # upload to object storage (moto); the UI downloads from storage_url after the exit
 
     def label(self) -> str:
         parts = [f"burst={self.burst}"]
@@ -61,6 +62,8 @@ class Faults:
             parts.append("polling")
         if self.overflow:
             parts.append("queue_overflow")
+        if self.offload:
+            parts.append("offload")
         parts.append(f"exit={self.exit_status}")
         return " ".join(parts)
 
@@ -112,7 +115,10 @@ def free_port() -> int:
 
 
 class Receiver:
-    """Like the Janus cache route: POST {chatId, artifact} -> download artifact.url, check sha256, keep it."""
+    """Like the Janus cache route: POST {chatId, artifact} -> download artifact.url, check sha256, keep it.
+
+    With offload, it only takes note of each push and downloads every `url` after the sidecar has exited:
+    the bytes then come from object storage or not at all."""
 
     def __init__(self, faults: Faults, t0: float) -> None:
         self.f = faults
@@ -122,6 +128,7 @@ class Receiver:
         self.pushed: set[tuple[str, str]] = set()
         self.downloads: list[tuple[str, str, str, int]] = []  # name, pushed sha, got sha, status
         self.answers: dict[str, int] = {}
+        self.deferred: dict[str, tuple[str, str]] = {}  # offload: name -> (sha256, url) of its latest push
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
 
@@ -143,22 +150,38 @@ class Receiver:
         art = doc["artifact"]
         name, want = art["name"], art["sha256"]
         self.pushed.add((name, want))
+        if self.f.offload:
+            self.deferred[name] = (want, art["url"])
+            self._count("noted")
+            return web.json_response({"ok": True})
+        ok = await self.download(name, want, art["url"])
+        return web.json_response({"ok": ok}, status=200 if ok else 502)
+
+    async def download(self, name: str, want: str, url: str) -> bool:
         assert self.session is not None
         try:
-            async with self.session.get(art["url"]) as resp:
+            async with self.session.get(url) as resp:
                 body = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError) as e:
             self._count(type(e).__name__)
-            return web.json_response({"ok": False}, status=502)
+            return False
         got = hashlib.sha256(body).hexdigest()
         self.downloads.append((name, want, got, status))
         if status != 200 or got != want:
             self._count(f"download {status} {'ok' if got == want else 'sha mismatch'}")
-            return web.json_response({"ok": False}, status=502)
+            return False
         self.held[name] = (got, time.time())
         self._count("200")
-        return web.json_response({"ok": True})
+        return True
+
+    async def download_deferred(self, store_url: str) -> None:
+        """After the sidecar has exited: every pushed url must be the store's, and download byte-exact."""
+        for name, (want, url) in sorted(self.deferred.items()):
+            if not url.startswith(store_url + "/"):
+                self._count("url not in the store")
+                continue
+            await self.download(name, want, url)
 
     async def start(self, port: int) -> None:
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
@@ -317,6 +340,13 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
         res.notes["full_disk"] = mounted or "unavailable (no tmpfs mount): skipped"
     port, ui_port = free_port(), free_port()
     base = f"http://127.0.0.1:{port}"
+    store = None
+    if faults.offload:
+        from s3server import BUCKET, S3Server, s3_env
+
+        store = S3Server(free_port())
+        store.start()
+        store.create_bucket()
     expect_path = workdir / "expect.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "WATCHFILES_"))}
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -330,11 +360,14 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
         "--settle-ms", str(int(SETTLE_S * 1000)), "--grace-period", f"{grace:.0f}", "--rescan-interval", "5",
         "--log-format", "json",
     ]  # fmt: skip
+    if store is not None:
+        env.update(s3_env())
+        sidecar_flags += ["--s3-bucket", BUCKET, "--s3-endpoint-url", store.url]
     agent_argv = [
         sys.executable, str(AGENT), "--artifacts", str(artifacts), "--tool-results", str(tool_results),
         "--out", str(expect_path), "--seed", str(faults.seed), "--burst", str(faults.burst),
         "--settle", str(SETTLE_S), "--exit-status", str(faults.exit_status),
-    ] + (["--fill-disk"] if mounted else [])  # fmt: skip
+    ] + (["--fill-disk"] if mounted else []) + (["--big-mib", "12"] if store else [])  # fmt: skip
 
     t0 = time.monotonic()
     ui = Receiver(faults, t0)
@@ -401,6 +434,11 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
     finally:
         for p in procs:
             kill_group(p)
+        if store is not None:
+            with contextlib.suppress(Exception):
+                await ui.download_deferred(store.url)
+            store.stop()
+            res.notes["store_requests"] = len(store.calls)
         stop.set()
         for task in (follower, ui_task):
             task.cancel()
