@@ -275,18 +275,29 @@ class Receiver:
         return web.json_response({"ok": True})
 
 
-class TestPushesAndGrace:
-    async def test_cache_mode_pushes_the_storage_url_as_url(self, s3, run_sidecar, workspace, http, aiohttp_server):
-        """In cache mode a push waits for the upload, then carries storage_url as the artifact's url."""
-        srv = s3()
+@pytest.fixture
+def ui_receiver(aiohttp_server):
+    """Factory: a UI on 127.0.0.1 that acknowledges every push; returns (receiver, its push URL)."""
+
+    async def start() -> tuple[Receiver, str]:
         ui = Receiver()
         app = web.Application()
         app.router.add_post("/push", ui.handle)
         server = await aiohttp_server(app, host="127.0.0.1")
+        return ui, str(server.make_url("/push"))
+
+    return start
+
+
+class TestPushesAndGrace:
+    async def test_cache_mode_pushes_the_storage_url_as_url(self, s3, run_sidecar, workspace, http, ui_receiver):
+        """In cache mode a push waits for the upload, then carries storage_url as the artifact's url."""
+        srv = s3()
+        ui, push_url = await ui_receiver()
         ws = workspace()
         data = os.urandom(5000)
         sc = await run_sidecar(
-            *offload(srv), "--ui-push-url", str(server.make_url("/push")), "--ui-push-mode", "cache",
+            *offload(srv), "--ui-push-url", push_url, "--ui-push-mode", "cache",
             "--public-base-url", "http://sandbox.example", "--chat-id", "c", env=s3_env())  # fmt: skip
         ws.write("a.png", data)
         await wait_for(lambda: ui.pushes, timeout=10)
@@ -298,16 +309,13 @@ class TestPushesAndGrace:
         assert entry(doc, "a.png")["url"] == "http://sandbox.example/artifacts/a.png"
         assert len(ui.pushes) == 1
 
-    async def test_a_slow_upload_does_not_keep_the_push_waiting(self, s3, run_sidecar, workspace, http, aiohttp_server):
+    async def test_a_slow_upload_does_not_keep_the_push_waiting(self, s3, run_sidecar, workspace, http, ui_receiver):
         """An upload still going after 10 s lets its cache-mode push go with the sidecar's URL."""
         srv = s3(part_delay=5.0)
-        ui = Receiver()
-        app = web.Application()
-        app.router.add_post("/push", ui.handle)
-        server = await aiohttp_server(app, host="127.0.0.1")
+        ui, push_url = await ui_receiver()
         ws = workspace()
         sc = await run_sidecar(
-            *offload(srv), "--ui-push-url", str(server.make_url("/push")), "--ui-push-mode", "cache",
+            *offload(srv), "--ui-push-url", push_url, "--ui-push-mode", "cache",
             "--public-base-url", "http://sandbox.example", "--chat-id", "c", env=s3_env(),
         )  # fmt: skip
         ws.write("big.bin", os.urandom(20 * MiB))
@@ -317,15 +325,12 @@ class TestPushesAndGrace:
         await wait_manifest(http, sc, stored("big.bin"), timeout=30)
         assert len(ui.pushes) == 1  # the UI has it already: no second push for the storage_url
 
-    async def test_manifest_mode_pushes_carry_storage_url(self, s3, run_sidecar, workspace, aiohttp_server):
+    async def test_manifest_mode_pushes_carry_storage_url(self, s3, run_sidecar, workspace, ui_receiver):
         """In manifest mode, a later manifest push carries the entry's storage_url."""
         srv = s3()
-        ui = Receiver()
-        app = web.Application()
-        app.router.add_post("/push", ui.handle)
-        server = await aiohttp_server(app, host="127.0.0.1")
+        ui, push_url = await ui_receiver()
         ws = workspace()
-        await run_sidecar(*offload(srv), "--ui-push-url", str(server.make_url("/push")), env=s3_env())
+        await run_sidecar(*offload(srv), "--ui-push-url", push_url, env=s3_env())
         ws.write("a.txt", b"abc")
         await wait_for(lambda: [p for p in ui.pushes if (e := entry(p, "a.txt")) and e.get("storage_url")], 10)
 
