@@ -14,7 +14,6 @@ from http import HTTPStatus
 
 from aiohttp import hdrs, web
 from aiohttp_sse import EventSourceResponse, sse_response
-from multidict import CIMultiDict
 
 from sidecar.config import Settings
 from sidecar.logs import get_logger
@@ -246,10 +245,13 @@ class Api:
 
     async def _send(self, request: web.Request, entry: Entry, fd: int) -> web.StreamResponse:
         size = entry.size_bytes
-        headers = CIMultiDict(entry.headers)
-        if request.query.get("download") in ("1", "true", "yes"):
-            headers[hdrs.CONTENT_DISPOSITION] = "attachment" + headers[hdrs.CONTENT_DISPOSITION][len("inline") :]
-        etag = headers[hdrs.ETAG]
+        # A plain list: web.Response makes the one CIMultiDict of it (a dict here would be copied again).
+        headers = list(entry.headers)
+        if "?" in request.raw_path and request.query.get("download") in ("1", "true", "yes"):
+            headers = [
+                (k, "attachment" + v[len("inline") :] if k == hdrs.CONTENT_DISPOSITION else v) for k, v in headers
+            ]
+        etag = f'"{entry.sha256}"'
         inm = request.headers.get(hdrs.IF_NONE_MATCH)
         if inm is not None:
             if _weak_match(inm, etag):
@@ -267,10 +269,10 @@ class Api:
             if isinstance(rng, tuple):
                 start, end = rng
                 status = 206
-                headers[hdrs.CONTENT_RANGE] = f"bytes {start}-{end - 1}/{size}"
+                headers.append((hdrs.CONTENT_RANGE, f"bytes {start}-{end - 1}/{size}"))
                 log.debug("http.range", name=entry.name, start=start, end=end - 1, size=size)
         count = end - start
-        headers[hdrs.CONTENT_LENGTH] = str(count)
+        headers.append((hdrs.CONTENT_LENGTH, str(count)))
         if request.method == hdrs.METH_HEAD:
             return web.Response(status=status, headers=headers)
         if count <= SMALL_BODY:
