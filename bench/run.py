@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any, NoReturn
@@ -413,76 +413,80 @@ def targets_table(rows: list[dict[str, Any]]) -> str:
 # ---- the sidecar's own numbers, printed -----------------------------------------------------------------
 
 
+def _publish_lines(pub: dict[str, Any]) -> list[str]:
+    v, p = pub["visible"], pub["pushed"]
+    return [
+        f"publish  {pub['files']} files x 20 KiB, one every {pub['interval_ms']:.0f} ms, --settle-ms "
+        f"{pub['settle_ms']}: close -> manifest (SSE) p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms, max "
+        f"{v['max_ms']} ms, {v['missing']} missing; close -> UI receiver p50 {p['p50_ms']} ms, p99 "
+        f"{p['p99_ms']} ms, max {p['max_ms']} ms, {p['missing']} missing, {p['pushes']} pushes; sidecar CPU "
+        f"{pub['sidecar_cpu_s']} s; push p99 - publish p99 = {_fmt(_sub(p['p99_ms'], v['p99_ms']), '.1f')} ms"
+    ]
+
+
+def _datauri_lines(du: dict[str, Any]) -> list[str]:
+    mib = du["size_bytes"] / 2**20
+    lines = []
+    for kind, what in (("dense", f"{du['dense_images']} PNG data URLs of ~27 KiB"), ("plain", "no data URL")):
+        r = du[kind]
+        lines.append(
+            f"datauri  {mib:.0f} MiB, {what}: {r['mb_s']} MB/s ({r['seconds']} s wall, {r['cpu_s']} s CPU), "
+            f"peak RSS {r['peak_rss_mib']} MiB; {r['materialized']} materialized, check {r['check']}"
+        )
+    f = du.get("floor")
+    if f:
+        lines.append(
+            f"datauri  the filesystem's floor, one file per image ({f['files']} x {f['file_bytes']} B: "
+            f"create, write, close, rename; nothing else): {f['us_per_file']} us a file, "
+            f"{f['input_mb_s']} MB/s of input at most"
+        )
+    e = du["empty"]
+    lines.append(f"datauri  an empty file (interpreter + imports): {e['seconds']} s, peak RSS {e['peak_rss_mib']} MiB")
+    return lines
+
+
+def _idle_lines(idle: dict[str, Any]) -> list[str]:
+    return [
+        f"idle     {idle['artifacts']} artifacts, {idle['seconds']} s: CPU {idle['cpu_s']} s "
+        f"({idle['cpu_pct']}%), RSS max {idle['rss_mib_max']} MiB (end {idle['rss_mib_end']}, peak since "
+        f"start {idle['peak_rss_mib']}), {idle['threads']} threads"
+    ]
+
+
+def _readyz_lines(rz: dict[str, Any]) -> list[str]:
+    parts = [
+        f"{case}: median {v['ready_s_median']} s (max {v['ready_s_max']}, listening {v['listening_s_median']})"
+        for case, v in rz["cases"].items()
+    ]
+    return ["readyz   spawn -> /readyz 200: " + "; ".join(parts)]
+
+
+def _manifest_lines(man: dict[str, Any]) -> list[str]:
+    return [
+        f"manifest {man['artifacts']} artifacts ({man['body_bytes'] / 1e6:.1f} MB of JSON) published in "
+        f"{man['publish_all_s']} s; GET first {man['first_ms']} ms, cached p50 {man['cached']['p50_ms']} ms "
+        f"p99 {man['cached']['p99_ms']} ms, 304 p50 {man['not_modified']['p50_ms']} ms; RSS "
+        f"{man['rss_mib_before']} -> {man['rss_mib_after']} MiB (+{man['rss_growth_mib']}), "
+        f"peak {man['peak_rss_mib']}"
+    ]
+
+
+_SIDECAR_SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "publish": _publish_lines,
+    "datauri": _datauri_lines,
+    "idle": _idle_lines,
+    "readyz": _readyz_lines,
+    "manifest": _manifest_lines,
+}
+
+
 def sidecar_report(doc: dict[str, Any]) -> str:
+    """One or more lines a section that ran (its error, if it failed), in the order the sections run."""
     lines: list[str] = []
-    pub = doc.get("publish")
-    if pub:
-        if "error" in pub:
-            lines.append(f"publish: ERROR {pub['error']}")
-        else:
-            v, p = pub["visible"], pub["pushed"]
-            lines.append(
-                f"publish  {pub['files']} files x 20 KiB, one every {pub['interval_ms']:.0f} ms, --settle-ms "
-                f"{pub['settle_ms']}: close -> manifest (SSE) p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms, max "
-                f"{v['max_ms']} ms, {v['missing']} missing; close -> UI receiver p50 {p['p50_ms']} ms, p99 "
-                f"{p['p99_ms']} ms, max {p['max_ms']} ms, {p['missing']} missing, {p['pushes']} pushes; sidecar CPU "
-                f"{pub['sidecar_cpu_s']} s; push p99 - publish p99 = {_fmt(_sub(p['p99_ms'], v['p99_ms']), '.1f')} ms"
-            )
-    du = doc.get("datauri")
-    if du:
-        if "error" in du:
-            lines.append(f"datauri: ERROR {du['error']}")
-        else:
-            mib = du["size_bytes"] / 2**20
-            for kind, what in (("dense", f"{du['dense_images']} PNG data URLs of ~27 KiB"), ("plain", "no data URL")):
-                r = du[kind]
-                lines.append(
-                    f"datauri  {mib:.0f} MiB, {what}: {r['mb_s']} MB/s ({r['seconds']} s wall, {r['cpu_s']} s CPU), "
-                    f"peak RSS {r['peak_rss_mib']} MiB; {r['materialized']} materialized, check {r['check']}"
-                )
-            f = du.get("floor")
-            if f:
-                lines.append(
-                    f"datauri  the filesystem's floor, one file per image ({f['files']} x {f['file_bytes']} B: "
-                    f"create, write, close, rename; nothing else): {f['us_per_file']} us a file, "
-                    f"{f['input_mb_s']} MB/s of input at most"
-                )
-            e = du["empty"]
-            lines.append(
-                f"datauri  an empty file (interpreter + imports): {e['seconds']} s, peak RSS {e['peak_rss_mib']} MiB"
-            )
-    idle = doc.get("idle")
-    if idle:
-        if "error" in idle:
-            lines.append(f"idle: ERROR {idle['error']}")
-        else:
-            lines.append(
-                f"idle     {idle['artifacts']} artifacts, {idle['seconds']} s: CPU {idle['cpu_s']} s "
-                f"({idle['cpu_pct']}%), RSS max {idle['rss_mib_max']} MiB (end {idle['rss_mib_end']}, peak since "
-                f"start {idle['peak_rss_mib']}), {idle['threads']} threads"
-            )
-    rz = doc.get("readyz")
-    if rz:
-        if "error" in rz:
-            lines.append(f"readyz: ERROR {rz['error']}")
-        else:
-            parts = [
-                f"{case}: median {v['ready_s_median']} s (max {v['ready_s_max']}, listening {v['listening_s_median']})"
-                for case, v in rz["cases"].items()
-            ]
-            lines.append("readyz   spawn -> /readyz 200: " + "; ".join(parts))
-    man = doc.get("manifest")
-    if man:
-        if "error" in man:
-            lines.append(f"manifest: ERROR {man['error']}")
-        else:
-            lines.append(
-                f"manifest {man['artifacts']} artifacts ({man['body_bytes'] / 1e6:.1f} MB of JSON) published in "
-                f"{man['publish_all_s']} s; GET first {man['first_ms']} ms, cached p50 {man['cached']['p50_ms']} ms "
-                f"p99 {man['cached']['p99_ms']} ms, 304 p50 {man['not_modified']['p50_ms']} ms; RSS "
-                f"{man['rss_mib_before']} -> {man['rss_mib_after']} MiB (+{man['rss_growth_mib']}), "
-                f"peak {man['peak_rss_mib']}"
-            )
+    for name, describe in _SIDECAR_SECTIONS.items():
+        part = doc.get(name)
+        if part:
+            lines += [f"{name}: ERROR {part['error']}"] if "error" in part else describe(part)
     return "\n".join(lines)
 
 
