@@ -269,34 +269,29 @@ INOTIFY_QUEUE = Path("/proc/sys/fs/inotify/max_queued_events")
 SMALL_QUEUE = 64
 
 
-_QUEUE_LOCK = asyncio.Lock()  # runs at once (soak --jobs) take turns: each restores what it found
+_QUEUE_LOCK = asyncio.Lock()
 
 
 @contextlib.asynccontextmanager
 async def small_inotify_queue(enabled: bool, notes: dict[str, Any]) -> AsyncIterator[None]:
     """Shrink the inotify queue of instances created meanwhile (the sidecar's, read at inotify_init), then
-    restore it. A machine-wide setting, so only for the moment the sidecar starts; needs root."""
+    restore it. A machine-wide setting, so only for the moment the sidecar starts; needs root. Runs side by
+    side (soak --jobs) take turns, so each restores the value it found."""
     if not enabled:
         yield
         return
-    async with _QUEUE_LOCK, _small_queue(notes):
-        yield
-
-
-@contextlib.asynccontextmanager
-async def _small_queue(notes: dict[str, Any]) -> AsyncIterator[None]:
-    old = None
-    try:
-        old = INOTIFY_QUEUE.read_text().strip()
-        INOTIFY_QUEUE.write_text(str(SMALL_QUEUE))
+    async with _QUEUE_LOCK:
+        try:
+            old = INOTIFY_QUEUE.read_text().strip()
+            INOTIFY_QUEUE.write_text(str(SMALL_QUEUE))
+        except OSError as e:
+            notes["queue_overflow"] = f"unavailable ({e.strerror}): skipped"
+            yield
+            return
         notes["queue_overflow"] = f"max_queued_events {SMALL_QUEUE} (was {old})"
-    except OSError as e:
-        notes["queue_overflow"] = f"unavailable ({e.strerror}): skipped"
-        old = None
-    try:
-        yield
-    finally:
-        if old is not None:
+        try:
+            yield
+        finally:
             INOTIFY_QUEUE.write_text(old)
 
 
