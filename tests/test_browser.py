@@ -22,10 +22,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
-from helpers import Sidecar, Workspace, free_port, get_manifest, wait_for, wait_manifest
+from helpers import free_port, get_manifest, wait_for, wait_manifest
 
 from sidecar.security import sign
 
@@ -158,13 +157,7 @@ IMG_STATE = """
 # --------------------------------------------------------------------------------------
 
 
-async def test_img_from_another_origin_renders(
-    run_sidecar: Callable[..., Awaitable[Sidecar]],
-    workspace: Callable[..., Workspace],
-    browser: Any,
-    pages: Callable[[], Awaitable[PageServer]],
-    http: aiohttp.ClientSession,
-) -> None:
+async def test_img_from_another_origin_renders(run_sidecar, workspace, browser, pages, http) -> None:
     """An `<img>` on another origin's page decodes the artifact; a missing one does not (the check can fail)."""
     ws = workspace()
     ws.write("charts/pic one.png", make_png(40, 24))
@@ -226,14 +219,7 @@ async ([action, arg]) => {
 
 
 @pytest.mark.slow  # encoding the video and playing it: 5-10 s
-async def test_video_plays_and_seeks_with_range_requests(
-    run_sidecar: Callable[..., Awaitable[Sidecar]],
-    workspace: Callable[..., Workspace],
-    browser: Any,
-    pages: Callable[[], Awaitable[PageServer]],
-    http: aiohttp.ClientSession,
-    webm: bytes,
-) -> None:
+async def test_video_plays_and_seeks_with_range_requests(run_sidecar, workspace, browser, pages, http, webm) -> None:
     """A seek near the end is served by 206 ranges that start there; the video plays there and from the start."""
     ws = workspace()
     ws.write("clip.webm", webm)
@@ -345,11 +331,7 @@ def sse_events(text: str) -> list[tuple[str, str, Any]]:
 
 
 async def test_manifest_and_events_with_a_bearer_token_through_cors(
-    run_sidecar: Callable[..., Awaitable[Sidecar]],
-    workspace: Callable[..., Workspace],
-    browser: Any,
-    pages: Callable[[], Awaitable[PageServer]],
-    http: aiohttp.ClientSession,
+    run_sidecar, workspace, browser, pages, http
 ) -> None:
     """The listed origin reads the manifest (and a 401, and a 304) and streams events; another origin cannot."""
     site = await pages()
@@ -403,13 +385,7 @@ async def test_manifest_and_events_with_a_bearer_token_through_cors(
 # --------------------------------------------------------------------------------------
 
 
-async def test_signed_urls_load_in_img_and_nothing_else_does(
-    run_sidecar: Callable[..., Awaitable[Sidecar]],
-    workspace: Callable[..., Workspace],
-    browser: Any,
-    pages: Callable[[], Awaitable[PageServer]],
-    http: aiohttp.ClientSession,
-) -> None:
+async def test_signed_urls_load_in_img_and_nothing_else_does(run_sidecar, workspace, browser, pages, http) -> None:
     """The manifest's signed `url` loads in an `<img>` with no header at all; unsigned or tampered ones do not."""
     ws = workspace()
     ws.write("a.png", make_png(30, 20, seed=1))
@@ -466,12 +442,7 @@ def evil(kind: str, beacon: str) -> bytes:
 
 @pytest.mark.parametrize("kind", ["svg", "html"])
 async def test_active_artifact_opened_top_level_cannot_run_script(
-    run_sidecar: Callable[..., Awaitable[Sidecar]],
-    workspace: Callable[..., Workspace],
-    browser: Any,
-    pages: Callable[[], Awaitable[PageServer]],
-    http: aiohttp.ClientSession,
-    kind: str,
+    run_sidecar, workspace, browser, pages, http, kind
 ) -> None:
     """The same file runs its script when served without CSP (control), and not when the sidecar serves it."""
     site = await pages()
