@@ -58,12 +58,10 @@ def configure_logging(*, fmt: str, level: str, log_file: Path | None) -> None:
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.stdlib.filter_by_level,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        # Methods below the level are no-ops: a debug event on a hot path (one per range served) costs a
+        # call, not a trip through the processors (stdlib's BoundLogger + filter_by_level cost ~3 % there).
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
