@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -11,6 +12,7 @@ import stat
 from collections.abc import Awaitable, Callable
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
+from typing import NoReturn
 
 from aiohttp import hdrs, web
 from aiohttp_sse import EventSourceResponse, sse_response
@@ -102,6 +104,31 @@ def parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
     if end <= start:
         return None  # last < first is a syntax error: ignore the header
     return start, end
+
+
+async def _sendfile(request: web.Request, fd: int, offset: int, count: int) -> None:
+    """The body straight from the page cache. One `os.sendfile` first: when nothing is queued in the
+    transport (the headers went out), a range of a few MB usually fits the socket buffer, and this skips
+    `loop.sendfile`'s pause, waiter and writer callbacks. The rest, if any, goes through `loop.sendfile`.
+    A file that got shorter since publication cuts the connection: the status line is gone already."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ConnectionResetError("connection lost")
+    if transport.get_write_buffer_size() == 0:
+        with contextlib.suppress(BlockingIOError):
+            sent = os.sendfile(transport.get_extra_info("socket").fileno(), fd, offset, count)
+            if sent == 0:
+                _cut(transport)
+            offset, count = offset + sent, count - sent
+    if count > 0:
+        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+            if await asyncio.get_running_loop().sendfile(transport, f, offset, count) < count:
+                _cut(transport)
+
+
+def _cut(transport: asyncio.Transport) -> NoReturn:
+    transport.abort()
+    raise ConnectionResetError("the file got shorter while it was sent")
 
 
 class Api:
@@ -286,11 +313,7 @@ class Api:
             # Sent here rather than by aiohttp after we return, to know that the whole body went out.
             await resp.prepare(request)
             if count > SMALL_BODY:
-                transport = request.transport
-                if transport is None:
-                    raise ConnectionResetError("connection lost")
-                with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-                    await asyncio.get_running_loop().sendfile(transport, f, start, count)
+                await _sendfile(request, fd, start, count)
             await resp.write_eof()
         except ConnectionError:
             log.debug("http.client_gone", name=entry.name, start=start, count=count)

@@ -75,6 +75,30 @@ class TestArtifactHeaders:
         assert headers["Content-Range"] == f"bytes 100000-250000/{len(data)}"
         assert body == data[100_000:250_001]
 
+    async def test_a_file_cut_short_while_sent_ends_the_connection(self, run_sidecar, workspace, http):
+        """A published file truncated in the middle of its download: the status line and Content-Length are
+        gone already, so the sidecar closes the connection; the client sees a short body at once, instead of
+        waiting on a kept-alive connection for bytes that will never come."""
+        size = 32 * 1024 * 1024
+        path = workspace().write("shrinks.bin", os.urandom(size))
+        sc = await run_sidecar()
+        await wait_manifest(http, sc, lambda d: "shrinks.bin" in names(d))
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # the client reads slowly
+        sock.connect(("127.0.0.1", sc.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            writer.write(b"GET /artifacts/shrinks.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+            received = await reader.readexactly(256 * 1024)
+            assert received.startswith(b"HTTP/1.1 200")
+            os.truncate(path, 1024 * 1024)
+            while chunk := await asyncio.wait_for(reader.read(1 << 20), 10):
+                received += chunk
+        finally:
+            writer.close()
+        assert len(received) < size
+        assert sc.proc.poll() is None
+
     async def test_script_capable_types_are_sandboxed(self, run_sidecar, workspace, http):
         """HTML, SVG, XHTML and XML get `Content-Security-Policy: sandbox`; images and text do not."""
         ws = workspace()
