@@ -449,7 +449,9 @@ def _idle_lines(idle: dict[str, Any]) -> list[str]:
     return [
         f"idle     {idle['artifacts']} artifacts, {idle['seconds']} s: CPU {idle['cpu_s']} s "
         f"({idle['cpu_pct']}%), RSS max {idle['rss_mib_max']} MiB (end {idle['rss_mib_end']}, peak since "
-        f"start {idle['peak_rss_mib']}), {idle['threads']} threads"
+        f"start {idle['peak_rss_mib']}), {idle['threads']} threads",
+        f"idle     the libraries' floor (an interpreter importing what the sidecar imports at start, one settings "
+        f"model validated): RSS {idle['floor_rss_mib']} MiB",
     ]
 
 
@@ -458,7 +460,12 @@ def _readyz_lines(rz: dict[str, Any]) -> list[str]:
         f"{case}: median {v['ready_s_median']} s (max {v['ready_s_max']}, listening {v['listening_s_median']})"
         for case, v in rz["cases"].items()
     ]
-    return ["readyz   spawn -> /readyz 200: " + "; ".join(parts)]
+    return [
+        "readyz   spawn -> /readyz 200: " + "; ".join(parts),
+        f"readyz   the floor, spawn -> exit (medians, runs interleaved with the starts above): the interpreter "
+        f"alone {rz['interpreter_s_median']} s; importing what the sidecar imports at start and validating one "
+        f"settings model {rz['libraries_s_median']} s",
+    ]
 
 
 def _manifest_lines(man: dict[str, Any]) -> list[str]:

@@ -378,6 +378,32 @@ def _wait_published(port: int, want: int, proc: servers.Running, timeout_s: floa
     return time.monotonic() - t0
 
 
+# What the sidecar cannot go below while it uses the design's libraries: an interpreter that imports what
+# `sidecar serve` imports at start (aiohttp's server, pydantic with pydantic-settings, structlog, asyncio)
+# and validates one small settings model, then exits; nothing of the sidecar's own.
+_LIBRARY_FLOOR = """
+import asyncio, aiohttp.web, pydantic, pydantic_settings, structlog
+class S(pydantic_settings.BaseSettings):
+    model_config = pydantic_settings.SettingsConfigDict(env_prefix="FLOOR_")
+    port: int = 5173
+    origins: list[str] = ["*"]
+S(port=1)
+print(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmRSS")))
+"""
+
+
+def _spawn(python: str, code: str) -> tuple[float, str]:
+    """Seconds from spawn to exit of `python -c code` pinned like the sidecar, and what it printed."""
+    t0 = time.monotonic()
+    argv = ["taskset", "-c", str(SERVER_CPU), python, "-c", code]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return time.monotonic() - t0, out
+
+
+def library_rss_mib(python: str) -> float:
+    return int(_spawn(python, _LIBRARY_FLOOR)[1]) / 1024
+
+
 def idle(python: str, folder: Path, count: int, scratch: Path, logs: Path, seconds: float) -> dict[str, Any]:
     """With `count` published artifacts and nothing happening: CPU and RSS of the sidecar over `seconds`."""
     with sidecar(python, folder, scratch, logs, "idle") as (proc, port):
@@ -396,6 +422,7 @@ def idle(python: str, folder: Path, count: int, scratch: Path, logs: Path, secon
         mem = proc_mem_mib(proc.pid)
         threads = len(os.listdir(f"/proc/{proc.pid}/task"))
     return {
+        "floor_rss_mib": round(library_rss_mib(python), 1),
         "artifacts": count,
         "seconds": round(t1 - t0, 1),
         "cpu_s": round(cpu1 - cpu0, 3),
@@ -432,13 +459,16 @@ def _time_to_ready(python: str, folder: Path, state: Path, tools: Path, log: Pat
 def readyz(python: str, folder: Path, scratch: Path, logs: Path, runs: int) -> dict[str, Any]:
     """Seconds from the spawn of `sidecar serve` to /readyz 200: with an empty artifacts dir, with the
     1,000-artifact dir and a new state dir (the first scan lists them; hashing comes after readiness), and
-    restarted on that dir with its state kept (the stored manifest is reconciled)."""
+    restarted on that dir with its state kept (the stored manifest is reconciled). Beside them, spawn -> exit
+    of the interpreter alone and of `_LIBRARY_FLOOR`."""
     empty = scratch / "ready-empty"
     empty.mkdir()
     tools = scratch / "ready-tools"
     tools.mkdir()
     log = logs / "sidecar-readyz.log"
     cases: dict[str, Any] = {}
+    interpreter: list[float] = []
+    libraries: list[float] = []
     kept = scratch / "ready-state-kept"
     for case, dir_, state_of in (
         ("empty_dir", empty, "e"),
@@ -449,7 +479,11 @@ def readyz(python: str, folder: Path, scratch: Path, logs: Path, runs: int) -> d
             with sidecar(python, folder, scratch, logs, "ready-prime", ("--state-dir", str(kept))) as (proc, port):
                 _wait_published(port, len(list(folder.iterdir())), proc, 120)
         states = [scratch / f"ready-state-{state_of}{i}" if state_of else kept for i in range(runs)]
-        samples = [_time_to_ready(python, dir_, state, tools, log) for state in states]
+        samples = []
+        for state in states:  # each start beside a floor spawn, so that both see the machine in one state
+            samples.append(_time_to_ready(python, dir_, state, tools, log))
+            interpreter.append(_spawn(python, "pass")[0])
+            libraries.append(_spawn(python, _LIBRARY_FLOOR)[0])
         ready = sorted(s["ready_s"] for s in samples)
         cases[case] = {
             "ready_s_median": ready[len(ready) // 2],
@@ -457,7 +491,11 @@ def readyz(python: str, folder: Path, scratch: Path, logs: Path, runs: int) -> d
             "listening_s_median": sorted(s["listening_s"] for s in samples)[len(samples) // 2],
             "runs": samples,
         }
-    return {"cases": cases}
+    return {
+        "cases": cases,
+        "interpreter_s_median": round(sorted(interpreter)[len(interpreter) // 2], 3),
+        "libraries_s_median": round(sorted(libraries)[len(libraries) // 2], 3),
+    }
 
 
 def manifest_10k(python: str, scratch: Path, logs: Path, count: int, gets: int) -> dict[str, Any]:
