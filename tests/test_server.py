@@ -85,7 +85,12 @@ class TestArtifactHeaders:
         await wait_manifest(http, sc, lambda d: "shrinks.bin" in names(d))
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)  # the client reads slowly
-        sock.connect(("127.0.0.1", sc.port))
+        try:
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", sc.port))
+        except OSError:
+            sock.close()
+            raise
         reader, writer = await asyncio.open_connection(sock=sock)
         try:
             writer.write(b"GET /artifacts/shrinks.bin HTTP/1.1\r\nHost: x\r\n\r\n")
