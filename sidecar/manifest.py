@@ -347,12 +347,12 @@ class ManifestStore:
             self.version = version
             self.changes.append(change)
             self._cache = None
-            event, self._changed = self._changed, asyncio.Event()
-            event.set()
+            self.poke()
             return change
 
     def poke(self) -> None:
-        """Wake every `wait_change` without a new version (the pusher: a held entry was let go)."""
+        """Wake every `wait_change`: after a new version, and without one (the pusher: a held entry was
+        let go)."""
         event, self._changed = self._changed, asyncio.Event()
         event.set()
 
