@@ -66,7 +66,8 @@ class Sidecar:
             self.offloader = Offloader(settings, self.store, self.metrics, on_stored=self.deliveries.changed.set)
             self.deliveries.stored = self.offloader.stored
             self.store.storage_url = self.offloader.storage_url
-            self.store.push_hold = self.offloader.holds
+            if self.offloader.holding:
+                self.store.push_hold = self.offloader.holds
         self.notifier = Notifier.from_env()
         self.listening = False
         self.finalize_requested = asyncio.Event()

@@ -53,6 +53,9 @@ class Offloader:
         self.store = store
         self.metrics = metrics
         self.on_stored = on_stored
+        # Only cache-mode pushes wait for a storage_url; without them no hold is timed or ended.
+        self.holding = bool(settings.ui_push_url) and settings.ui_push_mode == "cache"
+        self.started = time.monotonic()  # content never queued (confirmed before, say) is held from here
         self.path = settings.state_dir.absolute() / STATE_FILE
         self.objects: dict[str, str] = {}  # sha256 -> key: confirmed, persisted before anyone sees it
         self.by_key: dict[str, str] = {}  # key -> sha256 of the confirmed object there
@@ -94,7 +97,7 @@ class Offloader:
         and for PUSH_HOLD_S at most (a big file or a slow store: the UI gets it from the sandbox meanwhile)."""
         if self._stopping or self.streak or sha256 in self.links or sha256 in self.let_go or sha256 in self.rejected:
             return False
-        return time.monotonic() - self.seen_at.get(sha256, time.monotonic()) < PUSH_HOLD_S
+        return time.monotonic() - self.seen_at.get(sha256, self.started) < PUSH_HOLD_S
 
     def stop(self) -> None:
         self._stopping = True
@@ -158,6 +161,8 @@ class Offloader:
     # ---- the job -------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        if self.holding:  # the holds of content never queued end then, whatever becomes of this job
+            asyncio.get_running_loop().call_later(PUSH_HOLD_S, self.store.poke)
         await asyncio.to_thread(self._load)
         self.unsure = {e.sha256 for e in self.store.entries.values()} - set(self.objects)
         if self.prefix is None:
@@ -198,7 +203,7 @@ class Offloader:
     def _enqueue(self, sha: str) -> None:
         if sha in self.objects or sha in self.queued or sha in self.busy or sha in self.rejected or self._stopping:
             return
-        if sha not in self.seen_at:
+        if self.holding and sha not in self.seen_at:
             self.seen_at[sha] = time.monotonic()
             asyncio.get_running_loop().call_later(PUSH_HOLD_S, self._let_go, sha)
         self.queued.add(sha)
@@ -283,7 +288,8 @@ class Offloader:
     def _let_go(self, sha: str) -> None:
         if sha not in self.links and (sha not in self.let_go or self.streak == 1):
             self.let_go.add(sha)
-            self.store.poke()  # a cache-mode push that waited for this upload goes now
+            if self.holding:
+                self.store.poke()  # a cache-mode push that waited for this upload goes now
 
     # ---- one object ----------------------------------------------------------------------------
 

@@ -325,6 +325,21 @@ class TestPushesAndGrace:
         await wait_manifest(http, sc, stored("big.bin"), timeout=30)
         assert len(ui.pushes) == 1  # the UI has it already: no second push for the storage_url
 
+    async def test_pushes_go_when_the_upload_job_cannot_start(self, s3, run_sidecar, workspace, ui_receiver):
+        """A store client that cannot even be made (a region botocore refuses): the upload job ends at once,
+        and cache-mode pushes wait no longer than for a slow upload, then go with the sidecar's URL."""
+        srv = s3()
+        ui, push_url = await ui_receiver()
+        ws = workspace()
+        sc = await run_sidecar(
+            *offload(srv), "--s3-region", "bad_region!", "--ui-push-url", push_url, "--ui-push-mode", "cache",
+            "--public-base-url", "http://sandbox.example", "--chat-id", "c", env=s3_env(),
+        )  # fmt: skip
+        ws.write("a.txt", b"abc")
+        await wait_for(lambda: ui.pushes, timeout=20)
+        assert ui.pushes[0]["artifact"]["url"] == "http://sandbox.example/artifacts/a.txt"
+        assert sc.proc.poll() is None
+
     async def test_manifest_mode_pushes_carry_storage_url(self, s3, run_sidecar, workspace, ui_receiver):
         """In manifest mode, a later manifest push carries the entry's storage_url."""
         srv = s3()
