@@ -29,9 +29,11 @@ class Deliveries:
     restart, an artifact is either known delivered or pushed again, so the grace period never waits for
     a download that already happened and will not be repeated."""
 
-    def __init__(self, state_dir: Path | None = None, stored: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, state_dir: Path | None = None) -> None:
         self.path = state_dir / STATE_FILE if state_dir is not None else None
-        self.stored = stored  # with offload: sha256 -> confirmed in object storage (counts as delivered, SPEC 11)
+        # With offload, set once the offloader exists: sha256 -> confirmed in object storage (counts as
+        # delivered, SPEC 11).
+        self.stored: Callable[[str], bool] | None = None
         self.sidecar_id = ""
         self._cover: dict[tuple[str, str], list[tuple[int, int]]] = {}
         self._done: set[tuple[str, str]] = set()

@@ -84,8 +84,8 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-def _read(fd: int, offset: int, size: int, whole: Any) -> tuple[bytes, bytes]:
-    """Exactly `size` bytes at `offset` and their SHA-256, feeding `whole` too (run in a thread)."""
+def _read(fd: int, offset: int, size: int, whole: Any) -> bytes:
+    """Exactly `size` bytes at `offset`, feeding `whole` (run in a thread)."""
     chunks, left = [], size
     while left:
         chunk = os.pread(fd, min(left, 1 << 20), offset + size - left)
@@ -95,6 +95,12 @@ def _read(fd: int, offset: int, size: int, whole: Any) -> tuple[bytes, bytes]:
         left -= len(chunk)
     data = b"".join(chunks)
     whole.update(data)
+    return data
+
+
+def _read_part(fd: int, offset: int, size: int, whole: Any) -> tuple[bytes, bytes]:
+    """`_read`, and the part's own SHA-256 (each part of a multipart upload carries its checksum)."""
+    data = _read(fd, offset, size, whole)
     return data, hashlib.sha256(data).digest()
 
 
@@ -128,7 +134,7 @@ async def open_bucket(name: str, endpoint: str | None, region: str, ttl: int) ->
         s3={"addressing_style": "path" if endpoint else "auto", "payload_signing_enabled": False},
     )
     async with session.create_client("s3", region_name=region, endpoint_url=endpoint, config=config) as client:
-        yield Bucket(client, name, min(ttl, MAX_PRESIGN_S))
+        yield Bucket(client, name, ttl)
 
 
 class Bucket:
@@ -178,10 +184,10 @@ class Bucket:
         }
         whole = hashlib.sha256()
         if e.size_bytes <= PART_SIZE:
-            data, digest = await asyncio.to_thread(_read, fd, 0, e.size_bytes, whole)
+            data = await asyncio.to_thread(_read, fd, 0, e.size_bytes, whole)
             if whole.hexdigest() != e.sha256:
                 raise Changed("content differs from the published sha256")
-            await self.call("put_object", Key=key, Body=data, ChecksumSHA256=_b64(digest), **headers)
+            await self.call("put_object", Key=key, Body=data, ChecksumSHA256=_b64(whole.digest()), **headers)
             return 1, e.size_bytes
         upload_id = str((await self.call("create_multipart_upload", Key=key, **headers))["UploadId"])
         await started(upload_id, key)  # persisted: a restart after a SIGKILL aborts it
@@ -189,7 +195,7 @@ class Bucket:
             parts = []
             for number, offset in enumerate(range(0, e.size_bytes, PART_SIZE), 1):
                 size = min(PART_SIZE, e.size_bytes - offset)
-                data, digest = await asyncio.to_thread(_read, fd, offset, size, whole)
+                data, digest = await asyncio.to_thread(_read_part, fd, offset, size, whole)
                 part = {"PartNumber": number, "ChecksumSHA256": _b64(digest)}
                 done = await self.call("upload_part", Key=key, UploadId=upload_id, Body=data, **part)
                 parts.append({**part, "ETag": done["ETag"]})
