@@ -11,12 +11,12 @@ import os
 import random
 import stat
 import struct
-import subprocess
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from e2e.scenario import mount_tmpfs, umount
 from helpers import names, wait_manifest
 
 import sidecar.materialize as materialize
@@ -423,16 +423,9 @@ class TestDaemonRetries:
     async def test_payloads_refused_for_a_full_disk_arrive_once_there_is_room(self, run_sidecar, workspace, http):
         """Artifacts dir on a full 1 MiB tmpfs: the payload is refused as write_failed and the text kept;
         once space is freed, the periodic rescan processes the file again and the image is published."""
-        if os.geteuid() != 0:
-            pytest.skip("mounting a tmpfs needs root")
         ws = workspace()
-        mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=1m", "sidecar-test", str(ws.artifacts)],
-            capture_output=True,
-            check=False,
-        )
-        if mounted.returncode != 0:
-            pytest.skip(f"no tmpfs here: {mounted.stderr.decode().strip()}")
+        if mount_tmpfs(ws.artifacts, "1m") is None:
+            pytest.skip("no tmpfs here (needs root and mount)")
         try:
             filler = ws.artifacts / ".filler"
             with open(filler, "wb") as f, contextlib.suppress(OSError):
@@ -455,6 +448,4 @@ class TestDaemonRetries:
             assert f"/artifacts/{name_of(png, 'png')}".encode() in src.read_bytes()
             assert sc.events("datauri.retry_later")
         finally:
-            for args in (["umount", str(ws.artifacts)], ["umount", "-l", str(ws.artifacts)]):
-                if subprocess.run(args, capture_output=True, check=False).returncode == 0:
-                    break
+            umount(ws.artifacts)

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from e2e.scenario import INOTIFY_QUEUE
 from helpers import entry, get_manifest, names, sha256, wait_manifest
 
 
@@ -192,9 +193,6 @@ class TestChanges:
         doc = await wait_manifest(http, sc, lambda d: "good2.txt" in names(d), timeout=5)
         assert names(doc) == ["good1.txt", "good2.txt"]
         assert sc.proc.poll() is None
-
-
-INOTIFY_QUEUE = Path("/proc/sys/fs/inotify/max_queued_events")
 
 
 class TestEvents:
