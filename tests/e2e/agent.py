@@ -164,8 +164,8 @@ class Agent:
     def big(self) -> None:
         """A file above the 8 MiB multipart threshold of object-storage offload, and a copy of it (dedupe)."""
         data = self.rng.randbytes(self.args.big_mib << 20)
+        (self.a / "big").mkdir(exist_ok=True)
         for name in ("big/blob.bin", "big/copy-of-blob.bin"):
-            (self.a / "big").mkdir(exist_ok=True)
             (self.a / "big" / ".writing").write_bytes(data)
             (self.a / "big" / ".writing").rename(self.a / name)
             self.allow(name, data)

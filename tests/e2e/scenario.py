@@ -281,18 +281,20 @@ async def small_inotify_queue(enabled: bool, notes: dict[str, Any]) -> AsyncIter
         yield
         return
     async with _QUEUE_LOCK:
+        old: str | None = None
         try:
             old = INOTIFY_QUEUE.read_text().strip()
             INOTIFY_QUEUE.write_text(str(SMALL_QUEUE))
         except OSError as e:
+            old = None
             notes["queue_overflow"] = f"unavailable ({e.strerror}): skipped"
-            yield
-            return
-        notes["queue_overflow"] = f"max_queued_events {SMALL_QUEUE} (was {old})"
+        else:
+            notes["queue_overflow"] = f"max_queued_events {SMALL_QUEUE} (was {old})"
         try:
             yield
         finally:
-            INOTIFY_QUEUE.write_text(old)
+            if old is not None:
+                INOTIFY_QUEUE.write_text(old)
 
 
 def mount_tmpfs(path: Path, size: str) -> str | None:
@@ -328,20 +330,24 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
     artifacts, state, tool_results = workdir / "artifacts", workdir / "state", workdir / "claude" / "projects"
     for d in (artifacts, state, tool_results):
         d.mkdir(parents=True)
+    port, ui_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{port}"
+    store = None
+    if faults.offload:  # first: if it cannot start, nothing else was set up yet
+        from s3server import BUCKET, S3Server, s3_env
+
+        store = S3Server(free_port())
+        store.start()
+        try:
+            store.create_bucket()
+        except BaseException:
+            store.stop()
+            raise
     mounted = None
     if faults.full_disk:
         # 10,000 small files take a 4 KiB page each on tmpfs
         mounted = mount_tmpfs(artifacts, "64m" if faults.burst > 2000 else "16m")
         res.notes["full_disk"] = mounted or "unavailable (no tmpfs mount): skipped"
-    port, ui_port = free_port(), free_port()
-    base = f"http://127.0.0.1:{port}"
-    store = None
-    if faults.offload:
-        from s3server import BUCKET, S3Server, s3_env
-
-        store = S3Server(free_port())
-        store.start()
-        store.create_bucket()
     expect_path = workdir / "expect.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SIDECAR_", "WATCHFILES_"))}
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
