@@ -433,13 +433,12 @@ def _datauri_lines(du: dict[str, Any]) -> list[str]:
             f"datauri  {mib:.0f} MiB, {what}: {r['mb_s']} MB/s ({r['seconds']} s wall, {r['cpu_s']} s CPU), "
             f"peak RSS {r['peak_rss_mib']} MiB; {r['materialized']} materialized, check {r['check']}"
         )
-    f = du.get("floor")
-    if f:
-        lines.append(
-            f"datauri  the filesystem's floor, one file per image ({f['files']} x {f['file_bytes']} B: "
-            f"create, write, close, rename; nothing else): {f['us_per_file']} us a file, "
-            f"{f['input_mb_s']} MB/s of input at most"
-        )
+    f = du["floor"]
+    lines.append(
+        f"datauri  the filesystem's floor, one file per image ({f['files']} x {f['file_bytes']} B: "
+        f"create, write, close, rename; nothing else): {f['us_per_file']} us a file, "
+        f"{f['input_mb_s']} MB/s of input at most"
+    )
     e = du["empty"]
     lines.append(f"datauri  an empty file (interpreter + imports): {e['seconds']} s, peak RSS {e['peak_rss_mib']} MiB")
     return lines

@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import threading
 import time
@@ -337,6 +338,14 @@ def data_urls(python: str, tr: ToolResults, scratch: Path, logs: Path) -> dict[s
     return out
 
 
+def _spawn(python: str, code: str, *args: str, timeout: float = 120) -> tuple[float, str]:
+    """Seconds from spawn to exit of `python -c code args...` pinned like the sidecar, and what it printed."""
+    t0 = time.monotonic()
+    argv = ["taskset", "-c", str(SERVER_CPU), python, "-c", code, *args]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=timeout).stdout
+    return time.monotonic() - t0, out
+
+
 _FLOOR = """
 import os, sys, time
 d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -359,11 +368,7 @@ def _file_floor(python: str, art: Path, tr: ToolResults) -> dict[str, Any]:
     decode, no hash, no fsync). Its input-equivalent MB/s is an upper bound for any one-file-per-image
     design on this machine."""
     size = int(tr.size / max(1, tr.dense_images) * 3 / 4)
-    r = subprocess.run(
-        ["taskset", "-c", str(SERVER_CPU), python, "-c", _FLOOR, str(art), str(tr.dense_images), str(size)],
-        capture_output=True, text=True, timeout=1800, check=True,
-    )  # fmt: skip
-    seconds = float(r.stdout.strip())
+    seconds = float(_spawn(python, _FLOOR, str(art), str(tr.dense_images), str(size), timeout=1800)[1])
     return {"files": tr.dense_images, "file_bytes": size, "seconds": round(seconds, 3),
             "us_per_file": round(seconds / max(1, tr.dense_images) * 1e6, 1),
             "input_mb_s": round(tr.size / seconds / 1e6, 1)}  # fmt: skip
@@ -390,14 +395,6 @@ class S(pydantic_settings.BaseSettings):
 S(port=1)
 print(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmRSS")))
 """
-
-
-def _spawn(python: str, code: str) -> tuple[float, str]:
-    """Seconds from spawn to exit of `python -c code` pinned like the sidecar, and what it printed."""
-    t0 = time.monotonic()
-    argv = ["taskset", "-c", str(SERVER_CPU), python, "-c", code]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-    return time.monotonic() - t0, out
 
 
 def library_rss_mib(python: str) -> float:
@@ -484,17 +481,17 @@ def readyz(python: str, folder: Path, scratch: Path, logs: Path, runs: int) -> d
             samples.append(_time_to_ready(python, dir_, state, tools, log))
             interpreter.append(_spawn(python, "pass")[0])
             libraries.append(_spawn(python, _LIBRARY_FLOOR)[0])
-        ready = sorted(s["ready_s"] for s in samples)
+        ready = [s["ready_s"] for s in samples]
         cases[case] = {
-            "ready_s_median": ready[len(ready) // 2],
-            "ready_s_max": ready[-1],
-            "listening_s_median": sorted(s["listening_s"] for s in samples)[len(samples) // 2],
+            "ready_s_median": statistics.median_high(ready),
+            "ready_s_max": max(ready),
+            "listening_s_median": statistics.median_high(s["listening_s"] for s in samples),
             "runs": samples,
         }
     return {
         "cases": cases,
-        "interpreter_s_median": round(sorted(interpreter)[len(interpreter) // 2], 3),
-        "libraries_s_median": round(sorted(libraries)[len(libraries) // 2], 3),
+        "interpreter_s_median": round(statistics.median_high(interpreter), 3),
+        "libraries_s_median": round(statistics.median_high(libraries), 3),
     }
 
 
