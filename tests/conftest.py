@@ -11,7 +11,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import Sidecar, Workspace, daemon_env, free_port, spawn
+from aiohttp import web
+from helpers import FakeUI, Sidecar, Workspace, daemon_env, free_port, spawn
 
 DEFAULT_FLAGS = ("--settle-ms", "50", "--grace-period", "2", "--rescan-interval", "30")
 
@@ -134,3 +135,18 @@ async def write_soon() -> AsyncIterator[Callable[..., asyncio.Task[None]]]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@pytest.fixture
+def run_ui(aiohttp_server):
+    """Factory: `await run_ui(503, 503, default=200)` starts a fake UI in the test's event loop."""
+
+    async def start(*statuses: int, default: int = 200, retry_after: str | None = None, delay: float = 0.0) -> FakeUI:
+        ui = FakeUI(list(statuses), default, retry_after, delay)
+        app = web.Application()
+        app.router.add_post("/push", ui.handle)
+        server = await aiohttp_server(app, host="127.0.0.1")
+        ui.url = str(server.make_url("/push"))
+        return ui
+
+    return start

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 __all__ = (
     "REPO_ROOT",
@@ -315,3 +316,50 @@ def names(doc: dict[str, Any]) -> list[str]:
 
 def entry(doc: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((a for a in doc["artifacts"] if a["name"] == name), None)
+
+
+# ---- a UI that receives pushes (served by the run_ui fixture) -------------------------------------
+
+
+@dataclasses.dataclass
+class Pushed:
+    at: float
+    headers: dict[str, str]
+    body: dict[str, Any]
+    status: int
+
+
+@dataclasses.dataclass
+class FakeUI:
+    """Answers each push with the next scripted status (then `default`), and records what it got."""
+
+    statuses: list[int]
+    default: int = 200
+    retry_after: str | None = None
+    delay: float = 0.0
+    url: str = ""
+    requests: list[Pushed] = dataclasses.field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            body = await request.json()
+            await asyncio.sleep(self.delay)
+            status = self.statuses.pop(0) if self.statuses else self.default
+            self.requests.append(Pushed(time.monotonic(), dict(request.headers), body, status))
+            headers = {"Retry-After": self.retry_after} if self.retry_after and status >= 500 else None
+            return web.json_response({"ok": status < 300}, status=status, headers=headers)
+        finally:
+            self.in_flight -= 1
+
+    def acked(self) -> list[Pushed]:
+        return [p for p in self.requests if 200 <= p.status < 300]
+
+    def keys(self) -> list[str]:
+        return [p.headers["Idempotency-Key"] for p in self.requests]
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [p.body for p in self.requests]

@@ -6,7 +6,6 @@ The daemon is a real process; the store is moto's threaded server, started here,
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import os
 import signal
@@ -16,7 +15,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from helpers import entry, free_port, sha256, wait_for, wait_manifest
 from s3server import BUCKET, S3Server, s3_env
 
@@ -171,23 +169,15 @@ class TestUpload:
 
 
 class TestStoreTrouble:
-    async def test_store_down_then_up(self, s3, run_sidecar, workspace, http, aiohttp_server):
+    async def test_store_down_then_up(self, s3, run_sidecar, workspace, http, run_ui):
         """With the store down, serving and cache-mode pushes go on (sidecar URL); once it is up, uploads land."""
         port = free_port()
         s3(port).stop()  # the bucket exists, nobody listens
-        pushed: list[dict[str, Any]] = []
-
-        async def ui(request: web.Request) -> web.Response:
-            pushed.append((await request.json())["artifact"])
-            return web.json_response({"ok": True})
-
-        app = web.Application()
-        app.router.add_post("/push", ui)
-        server = await aiohttp_server(app, host="127.0.0.1")
+        ui = await run_ui()
         ws = workspace()
         data = os.urandom(2000)
         sc = await run_sidecar(
-            *offload(f"http://127.0.0.1:{port}", "--s3-prefix", ""), "--ui-push-url", str(server.make_url("/push")),
+            *offload(f"http://127.0.0.1:{port}", "--s3-prefix", ""), "--ui-push-url", ui.url,
             "--ui-push-mode", "cache", "--public-base-url", "http://sandbox.example", "--chat-id", "c",
             env=s3_env(),
         )  # fmt: skip
@@ -195,8 +185,9 @@ class TestStoreTrouble:
         await sc.wait_log("upload.retry", timeout=10)
         async with http.get(sc.url("/artifacts/a.txt")) as resp:
             assert (resp.status, await resp.read()) == (200, data)
-        await wait_for(lambda: pushed, timeout=10)
-        assert pushed[0]["url"] == "http://sandbox.example/artifacts/a.txt" and "storage_url" not in pushed[0]
+        await wait_for(ui.bodies, timeout=10)
+        pushed = ui.bodies()[0]["artifact"]
+        assert pushed["url"] == "http://sandbox.example/artifacts/a.txt" and "storage_url" not in pushed
         assert "storage_url" not in entry(await wait_manifest(http, sc, lambda d: True), "a.txt")
         assert await metric(http, sc, 'sidecar_uploads_total{outcome="retry"}') >= 1
         s3(port, bucket=False)
@@ -266,88 +257,69 @@ class TestRestart:
         assert await metric(http, second, 'sidecar_uploads_total{outcome="found"}') == 1
 
 
-@dataclasses.dataclass
-class Receiver:
-    pushes: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.pushes.append(await request.json())
-        return web.json_response({"ok": True})
-
-
-@pytest.fixture
-def ui_receiver(aiohttp_server):
-    """Factory: a UI on 127.0.0.1 that acknowledges every push; returns (receiver, its push URL)."""
-
-    async def start() -> tuple[Receiver, str]:
-        ui = Receiver()
-        app = web.Application()
-        app.router.add_post("/push", ui.handle)
-        server = await aiohttp_server(app, host="127.0.0.1")
-        return ui, str(server.make_url("/push"))
-
-    return start
-
-
 class TestPushesAndGrace:
-    async def test_cache_mode_pushes_the_storage_url_as_url(self, s3, run_sidecar, workspace, http, ui_receiver):
+    async def test_cache_mode_pushes_the_storage_url_as_url(self, s3, run_sidecar, workspace, http, run_ui):
         """In cache mode a push waits for the upload, then carries storage_url as the artifact's url."""
         srv = s3()
-        ui, push_url = await ui_receiver()
+        ui = await run_ui()
+        push_url = ui.url
         ws = workspace()
         data = os.urandom(5000)
         sc = await run_sidecar(
             *offload(srv), "--ui-push-url", push_url, "--ui-push-mode", "cache",
             "--public-base-url", "http://sandbox.example", "--chat-id", "c", env=s3_env())  # fmt: skip
         ws.write("a.png", data)
-        await wait_for(lambda: ui.pushes, timeout=10)
-        art = ui.pushes[0]["artifact"]
+        await wait_for(lambda: ui.bodies(), timeout=10)
+        art = ui.bodies()[0]["artifact"]
         assert art["url"] == art["storage_url"] and art["url"].startswith(srv.url)
         status, body, _ = await download(art["url"])
         assert (status, body) == (200, data)
         doc = await wait_manifest(http, sc, stored("a.png"))
         assert entry(doc, "a.png")["url"] == "http://sandbox.example/artifacts/a.png"
-        assert len(ui.pushes) == 1
+        assert len(ui.bodies()) == 1
 
-    async def test_a_slow_upload_does_not_keep_the_push_waiting(self, s3, run_sidecar, workspace, http, ui_receiver):
+    async def test_a_slow_upload_does_not_keep_the_push_waiting(self, s3, run_sidecar, workspace, http, run_ui):
         """An upload still going after 10 s lets its cache-mode push go with the sidecar's URL."""
         srv = s3(part_delay=5.0)
-        ui, push_url = await ui_receiver()
+        ui = await run_ui()
+        push_url = ui.url
         ws = workspace()
         sc = await run_sidecar(
             *offload(srv), "--ui-push-url", push_url, "--ui-push-mode", "cache",
             "--public-base-url", "http://sandbox.example", "--chat-id", "c", env=s3_env(),
         )  # fmt: skip
         ws.write("big.bin", os.urandom(20 * MiB))
-        await wait_for(lambda: ui.pushes, timeout=20)
-        art = ui.pushes[0]["artifact"]
+        await wait_for(lambda: ui.bodies(), timeout=20)
+        art = ui.bodies()[0]["artifact"]
         assert art["url"] == "http://sandbox.example/artifacts/big.bin" and "storage_url" not in art
         await wait_manifest(http, sc, stored("big.bin"), timeout=30)
-        assert len(ui.pushes) == 1  # the UI has it already: no second push for the storage_url
+        assert len(ui.bodies()) == 1  # the UI has it already: no second push for the storage_url
 
-    async def test_pushes_go_when_the_upload_job_cannot_start(self, s3, run_sidecar, workspace, ui_receiver):
+    async def test_pushes_go_when_the_upload_job_cannot_start(self, s3, run_sidecar, workspace, run_ui):
         """A store client that cannot even be made (a region botocore refuses): the upload job ends at once,
         and cache-mode pushes wait no longer than for a slow upload, then go with the sidecar's URL."""
         srv = s3()
-        ui, push_url = await ui_receiver()
+        ui = await run_ui()
+        push_url = ui.url
         ws = workspace()
         sc = await run_sidecar(
             *offload(srv), "--s3-region", "bad_region!", "--ui-push-url", push_url, "--ui-push-mode", "cache",
             "--public-base-url", "http://sandbox.example", "--chat-id", "c", env=s3_env(),
         )  # fmt: skip
         ws.write("a.txt", b"abc")
-        await wait_for(lambda: ui.pushes, timeout=20)
-        assert ui.pushes[0]["artifact"]["url"] == "http://sandbox.example/artifacts/a.txt"
+        await wait_for(lambda: ui.bodies(), timeout=20)
+        assert ui.bodies()[0]["artifact"]["url"] == "http://sandbox.example/artifacts/a.txt"
         assert sc.proc.poll() is None
 
-    async def test_manifest_mode_pushes_carry_storage_url(self, s3, run_sidecar, workspace, ui_receiver):
+    async def test_manifest_mode_pushes_carry_storage_url(self, s3, run_sidecar, workspace, run_ui):
         """In manifest mode, a later manifest push carries the entry's storage_url."""
         srv = s3()
-        ui, push_url = await ui_receiver()
+        ui = await run_ui()
+        push_url = ui.url
         ws = workspace()
         await run_sidecar(*offload(srv), "--ui-push-url", push_url, env=s3_env())
         ws.write("a.txt", b"abc")
-        await wait_for(lambda: [p for p in ui.pushes if (e := entry(p, "a.txt")) and e.get("storage_url")], 10)
+        await wait_for(lambda: [p for p in ui.bodies() if (e := entry(p, "a.txt")) and e.get("storage_url")], 10)
 
     async def test_run_exits_when_uploads_are_confirmed(self, s3, run_sidecar, workspace, http):
         """`run`: once every artifact is in the store the grace period ends, though nobody downloaded anything."""

@@ -3,74 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import signal
 import time
 from email.utils import formatdate
-from typing import Any
 
 import pytest
 from aiohttp import web
-from helpers import free_port, names, sha256, wait_for
+from helpers import FakeUI, Pushed, free_port, names, sha256, wait_for
 
 from sidecar.pusher import BACKOFF_CAP_S, RETRY_AFTER_CAP_S, backoff_delay, retry_after_seconds
-
-
-@dataclasses.dataclass
-class Pushed:
-    at: float
-    headers: dict[str, str]
-    body: dict[str, Any]
-    status: int
-
-
-@dataclasses.dataclass
-class FakeUI:
-    """Answers each push with the next scripted status (then `default`), and records what it got."""
-
-    statuses: list[int]
-    default: int = 200
-    retry_after: str | None = None
-    delay: float = 0.0
-    url: str = ""
-    requests: list[Pushed] = dataclasses.field(default_factory=list)
-    in_flight: int = 0
-    max_in_flight: int = 0
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        try:
-            body = await request.json()
-            await asyncio.sleep(self.delay)
-            status = self.statuses.pop(0) if self.statuses else self.default
-            self.requests.append(Pushed(time.monotonic(), dict(request.headers), body, status))
-            headers = {"Retry-After": self.retry_after} if self.retry_after and status >= 500 else None
-            return web.json_response({"ok": status < 300}, status=status, headers=headers)
-        finally:
-            self.in_flight -= 1
-
-    def acked(self) -> list[Pushed]:
-        return [p for p in self.requests if 200 <= p.status < 300]
-
-    def keys(self) -> list[str]:
-        return [p.headers["Idempotency-Key"] for p in self.requests]
-
-
-@pytest.fixture
-def run_ui(aiohttp_server):
-    """Factory: `await run_ui(503, 503, default=200)` starts a fake UI in the test's event loop."""
-
-    async def start(*statuses: int, default: int = 200, retry_after: str | None = None, delay: float = 0.0) -> FakeUI:
-        ui = FakeUI(list(statuses), default, retry_after, delay)
-        app = web.Application()
-        app.router.add_post("/push", ui.handle)
-        server = await aiohttp_server(app, host="127.0.0.1")
-        ui.url = str(server.make_url("/push"))
-        return ui
-
-    return start
 
 
 def manifest_pushes_with(ui: FakeUI, name: str) -> list[Pushed]:
