@@ -15,10 +15,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import entry, free_port, sha256, wait_for, wait_manifest
+from helpers import FakeUI, entry, free_port, sha256, wait_for, wait_manifest
 from s3server import BUCKET, S3Server, s3_env
 
 MiB = 1 << 20
+SANDBOX = "http://sandbox.example"
 
 
 @pytest.fixture
@@ -49,6 +50,11 @@ def offload(srv: S3Server | str, *extra: str) -> tuple[str, ...]:
     return ("--s3-bucket", BUCKET, "--s3-endpoint-url", url, *extra)
 
 
+def cache_pushes(ui: FakeUI) -> tuple[str, ...]:
+    """Cache-mode pushes to ui; before a storage_url, the artifact's url is the sandbox's."""
+    return ("--ui-push-url", ui.url, "--ui-push-mode", "cache", "--public-base-url", SANDBOX, "--chat-id", "c")
+
+
 def stored(name: str) -> Callable[[dict[str, Any]], Any]:
     return lambda doc: (e := entry(doc, name)) is not None and e.get("storage_url")
 
@@ -74,13 +80,13 @@ class TestUpload:
         srv = s3()
         ws = workspace()
         data = os.urandom(300_000)
-        sc = await run_sidecar(*offload(srv), "--public-base-url", "http://sandbox.example", env=s3_env())
+        sc = await run_sidecar(*offload(srv), "--public-base-url", SANDBOX, env=s3_env())
         ws.write("charts/q3.png", data)
         published = await wait_manifest(http, sc, lambda d: entry(d, "charts/q3.png"))
         doc = await wait_manifest(http, sc, stored("charts/q3.png"), timeout=10)
         e = entry(doc, "charts/q3.png")
         assert doc["version"] > published["version"]  # the URL came as a change of its own
-        assert e["url"] == "http://sandbox.example/artifacts/charts/q3.png"  # the manifest's url is the sidecar's
+        assert e["url"] == f"{SANDBOX}/artifacts/charts/q3.png"  # the manifest's url is the sidecar's
         status, body, headers = await download(e["storage_url"])
         assert (status, sha256(body)) == (200, sha256(data))
         assert headers["Content-Type"] == "image/png"
@@ -176,18 +182,14 @@ class TestStoreTrouble:
         ui = await run_ui()
         ws = workspace()
         data = os.urandom(2000)
-        sc = await run_sidecar(
-            *offload(f"http://127.0.0.1:{port}", "--s3-prefix", ""), "--ui-push-url", ui.url,
-            "--ui-push-mode", "cache", "--public-base-url", "http://sandbox.example", "--chat-id", "c",
-            env=s3_env(),
-        )  # fmt: skip
+        sc = await run_sidecar(*offload(f"http://127.0.0.1:{port}", "--s3-prefix", ""), *cache_pushes(ui), env=s3_env())
         ws.write("a.txt", data)
         await sc.wait_log("upload.retry", timeout=10)
         async with http.get(sc.url("/artifacts/a.txt")) as resp:
             assert (resp.status, await resp.read()) == (200, data)
         await wait_for(ui.bodies, timeout=10)
         pushed = ui.bodies()[0]["artifact"]
-        assert pushed["url"] == "http://sandbox.example/artifacts/a.txt" and "storage_url" not in pushed
+        assert pushed["url"] == f"{SANDBOX}/artifacts/a.txt" and "storage_url" not in pushed
         assert "storage_url" not in entry(await wait_manifest(http, sc, lambda d: True), "a.txt")
         assert await metric(http, sc, 'sidecar_uploads_total{outcome="retry"}') >= 1
         s3(port, bucket=False)
@@ -262,36 +264,29 @@ class TestPushesAndGrace:
         """In cache mode a push waits for the upload, then carries storage_url as the artifact's url."""
         srv = s3()
         ui = await run_ui()
-        push_url = ui.url
         ws = workspace()
         data = os.urandom(5000)
-        sc = await run_sidecar(
-            *offload(srv), "--ui-push-url", push_url, "--ui-push-mode", "cache",
-            "--public-base-url", "http://sandbox.example", "--chat-id", "c", env=s3_env())  # fmt: skip
+        sc = await run_sidecar(*offload(srv), *cache_pushes(ui), env=s3_env())
         ws.write("a.png", data)
-        await wait_for(lambda: ui.bodies(), timeout=10)
+        await wait_for(ui.bodies, timeout=10)
         art = ui.bodies()[0]["artifact"]
         assert art["url"] == art["storage_url"] and art["url"].startswith(srv.url)
         status, body, _ = await download(art["url"])
         assert (status, body) == (200, data)
         doc = await wait_manifest(http, sc, stored("a.png"))
-        assert entry(doc, "a.png")["url"] == "http://sandbox.example/artifacts/a.png"
+        assert entry(doc, "a.png")["url"] == f"{SANDBOX}/artifacts/a.png"
         assert len(ui.bodies()) == 1
 
     async def test_a_slow_upload_does_not_keep_the_push_waiting(self, s3, run_sidecar, workspace, http, run_ui):
         """An upload still going after 10 s lets its cache-mode push go with the sidecar's URL."""
         srv = s3(part_delay=5.0)
         ui = await run_ui()
-        push_url = ui.url
         ws = workspace()
-        sc = await run_sidecar(
-            *offload(srv), "--ui-push-url", push_url, "--ui-push-mode", "cache",
-            "--public-base-url", "http://sandbox.example", "--chat-id", "c", env=s3_env(),
-        )  # fmt: skip
+        sc = await run_sidecar(*offload(srv), *cache_pushes(ui), env=s3_env())
         ws.write("big.bin", os.urandom(20 * MiB))
-        await wait_for(lambda: ui.bodies(), timeout=20)
+        await wait_for(ui.bodies, timeout=20)
         art = ui.bodies()[0]["artifact"]
-        assert art["url"] == "http://sandbox.example/artifacts/big.bin" and "storage_url" not in art
+        assert art["url"] == f"{SANDBOX}/artifacts/big.bin" and "storage_url" not in art
         await wait_manifest(http, sc, stored("big.bin"), timeout=30)
         assert len(ui.bodies()) == 1  # the UI has it already: no second push for the storage_url
 
@@ -300,24 +295,19 @@ class TestPushesAndGrace:
         and cache-mode pushes wait no longer than for a slow upload, then go with the sidecar's URL."""
         srv = s3()
         ui = await run_ui()
-        push_url = ui.url
         ws = workspace()
-        sc = await run_sidecar(
-            *offload(srv), "--s3-region", "bad_region!", "--ui-push-url", push_url, "--ui-push-mode", "cache",
-            "--public-base-url", "http://sandbox.example", "--chat-id", "c", env=s3_env(),
-        )  # fmt: skip
+        sc = await run_sidecar(*offload(srv, "--s3-region", "bad_region!"), *cache_pushes(ui), env=s3_env())
         ws.write("a.txt", b"abc")
-        await wait_for(lambda: ui.bodies(), timeout=20)
-        assert ui.bodies()[0]["artifact"]["url"] == "http://sandbox.example/artifacts/a.txt"
+        await wait_for(ui.bodies, timeout=20)
+        assert ui.bodies()[0]["artifact"]["url"] == f"{SANDBOX}/artifacts/a.txt"
         assert sc.proc.poll() is None
 
     async def test_manifest_mode_pushes_carry_storage_url(self, s3, run_sidecar, workspace, run_ui):
         """In manifest mode, a later manifest push carries the entry's storage_url."""
         srv = s3()
         ui = await run_ui()
-        push_url = ui.url
         ws = workspace()
-        await run_sidecar(*offload(srv), "--ui-push-url", push_url, env=s3_env())
+        await run_sidecar(*offload(srv), "--ui-push-url", ui.url, env=s3_env())
         ws.write("a.txt", b"abc")
         await wait_for(lambda: [p for p in ui.bodies() if (e := entry(p, "a.txt")) and e.get("storage_url")], 10)
 
