@@ -41,7 +41,7 @@ class Settings(BaseSettings):
 
     artifacts_dir: Path = Path("/workspace/artifacts")
     tool_results_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=default_tool_results_dirs)
-    tool_results_glob: str = "**/tool-results/*.txt"
+    tool_results_glob: str = "**/tool-results/*"
     state_dir: Path = Path("/workspace/.sidecar")
     host: str = "0.0.0.0"
     port: int = Field(5173, ge=0, le=65535)

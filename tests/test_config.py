@@ -43,7 +43,7 @@ class TestDefaults:
         s = settings()
         assert s.artifacts_dir == Path("/workspace/artifacts")
         assert s.tool_results_dirs == [clean_env / ".claude" / "projects"]
-        assert s.tool_results_glob == "**/tool-results/*.txt"
+        assert s.tool_results_glob == "**/tool-results/*"
         assert s.state_dir == Path("/workspace/.sidecar")
         assert (s.host, s.port) == ("0.0.0.0", 5173)
         assert (s.public_base_url, s.ui_push_url, s.ui_token, s.chat_id, s.auth_token) == (None,) * 5
