@@ -113,7 +113,7 @@ class Sidecar:
             user = resolve_child_user(s.child_user)
             try:
                 if make_writable_for(s.artifacts_dir.absolute(), user):
-                    log.info("security.artifacts_dir_chowned", path=str(s.artifacts_dir), uid=user.uid, gid=user.gid)
+                    log.info("security.artifacts_dir_shared", path=str(s.artifacts_dir), gid=user.gid)
             except OSError as e:
                 log.warning("security.artifacts_dir_not_writable", path=str(s.artifacts_dir), error=str(e))
             self.child_user = user

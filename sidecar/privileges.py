@@ -120,8 +120,10 @@ def read_secret_file(path: Path) -> str:
 
 
 def make_writable_for(path: Path, user: ChildUser) -> bool:
-    """Let the child write `path` (the artifacts dir): when its mode does not already allow that user,
-    hand the directory itself (not what is in it) to the user. True when ownership changed."""
+    """Let the child write `path` (the artifacts dir) when its mode does not already allow that user: the
+    directory itself (not what is in it) gets the child's group and group rwx. The owner stays: the agent
+    cannot chmod the sidecar out of its own served root, and the sidecar writes there without needing
+    CAP_DAC_OVERRIDE. True when the directory was changed."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
@@ -133,8 +135,10 @@ def make_writable_for(path: Path, user: ChildUser) -> bool:
             need = stat.S_IWOTH | stat.S_IXOTH
         if user.uid == 0 or st.st_mode & need == need:
             return False
-        os.fchown(fd, user.uid, user.gid)
-        os.fchmod(fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+        # chmod while the group is still the old one is harmless; chmod after a chown could need CAP_FOWNER.
+        os.fchmod(fd, stat.S_IMODE(st.st_mode) | stat.S_IRWXU | stat.S_IRWXG)
+        if st.st_uid != user.uid:
+            os.fchown(fd, -1, user.gid)
         return True
     finally:
         os.close(fd)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import os
 import signal
@@ -80,8 +79,12 @@ class Child:
 
     def forward(self, sig: int) -> None:
         if self.alive:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+            try:
                 os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            except PermissionError as e:  # a --child-user child and no CAP_KILL: the signal is lost, say so
+                log.warning("lifecycle.forward_failed", signal=signal.Signals(sig).name, error=str(e))
 
     def reap(self) -> None:
         """Collect every child that exited: ours gives the exit status, orphans just go away."""

@@ -272,7 +272,8 @@ class TestChildUser:
         assert seen["PYTHONPATH"].startswith(str(REPO_ROOT))
 
     async def test_child_writes_an_artifact_that_is_published_and_served(self, agent, open_ws, run_sidecar, http):
-        """The artifacts dir (root's, 0755) is handed to the child user, whose file is published and served."""
+        """The artifacts dir (root's, 0755) is opened to the child's group (its owner stays), and the file the
+        child writes there is published and served."""
         body = b"written by the agent\n"
         sc = await run_sidecar(
             "--child-user",
@@ -292,6 +293,8 @@ class TestChildUser:
         )
         doc = await wait_manifest(http, sc, lambda d: entry(d, "agent.txt"), timeout=10)
         assert (open_ws.artifacts / "agent.txt").stat().st_uid == agent.pw_uid
+        st = open_ws.artifacts.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, agent.pw_gid, 0o775)
         assert entry(doc, "agent.txt")["sha256"] == sha256(body)
         async with http.get(sc.url("/artifacts/agent.txt")) as resp:
             assert (resp.status, await resp.read()) == (200, body)
