@@ -107,6 +107,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     from sidecar.logs import configure_logging
 
     configure_logging(fmt=settings.log_format, level=settings.log_level, log_file=settings.log_file)
+    if ns.command != "materialize":
+        from sidecar.logs import get_logger
+
+        for o in OPTIONS:
+            if o.field in _SECRET_FIELDS and getattr(ns, o.field, None) is not None:
+                # Every user of the machine reads /proc/<pid>/cmdline; the agent included.
+                get_logger("sidecar.cli").warning("security.token_on_command_line", option=o.flag, use=o.flag + "-file")
     if ns.command == "materialize":
         from sidecar.materialize import run_materialize
 

@@ -17,7 +17,14 @@ from sidecar.logs import get_logger
 from sidecar.manifest import ManifestStore
 from sidecar.metrics import Metrics
 from sidecar.notify import Notifier
-from sidecar.privileges import ChildUser, make_writable_for, resolve_child_user, secure_state_dir, set_non_dumpable
+from sidecar.privileges import (
+    ChildUser,
+    make_writable_for,
+    readable_by_others,
+    resolve_child_user,
+    secure_state_dir,
+    set_non_dumpable,
+)
 from sidecar.pusher import Pusher
 from sidecar.server import API_KEY, Hooks, build_app
 from sidecar.supervise import Child
@@ -117,6 +124,9 @@ class Sidecar:
             except OSError as e:
                 log.warning("security.artifacts_dir_not_writable", path=str(s.artifacts_dir), error=str(e))
             self.child_user = user
+        for option, path in (("--auth-token-file", s.auth_token_file), ("--ui-token-file", s.ui_token_file)):
+            if path is not None and readable_by_others(path, self.child_user):
+                log.warning("security.token_file_readable", option=option, path=str(path))
 
     async def run(self) -> int:
         s = self.settings

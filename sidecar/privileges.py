@@ -19,6 +19,7 @@ __all__ = (
     "child_environ",
     "make_writable_for",
     "read_secret_file",
+    "readable_by_others",
     "resolve_child_user",
     "secure_state_dir",
     "set_non_dumpable",
@@ -142,6 +143,19 @@ def make_writable_for(path: Path, user: ChildUser) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def readable_by_others(path: Path, user: ChildUser | None) -> bool:
+    """Whether a token file is readable by every user, or by the child user through its owner or group."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if st.st_mode & stat.S_IROTH:
+        return True
+    if user is None or user.uid == 0:
+        return False
+    return st.st_uid == user.uid or (st.st_gid == user.gid and bool(st.st_mode & stat.S_IRGRP))
 
 
 def secure_state_dir(path: Path) -> None:

@@ -223,6 +223,25 @@ class TestRefusals:
         assert roots("--child-user", "0") == [Path("/cfg/projects")]
 
 
+class TestWarnings:
+    async def test_a_token_given_as_a_flag_is_warned_about(self, run_sidecar):
+        """A token on the command line is readable by every user: the sidecar says so (without the token)."""
+        sc = await run_sidecar("--auth-token", AUTH)
+        await sc.wait_log("security.token_on_command_line", option="--auth-token", use="--auth-token-file")
+        assert AUTH not in sc.stderr()
+
+    async def test_a_token_file_others_can_read_is_warned_about(self, run_sidecar, workspace):
+        """A world-readable token file is logged as `security.token_file_readable`; a 0600 one is not."""
+        ws = workspace()
+        auth, ui = token_file(ws, "auth.token", AUTH), token_file(ws, "ui.token", UI)
+        auth.chmod(0o644)
+        sc = await run_sidecar("--auth-token-file", str(auth), "--ui-token-file", str(ui))
+        sc.auth_token = AUTH
+        await sc.wait_log("security.token_file_readable", option="--auth-token-file")
+        assert not sc.events("security.token_file_readable", option="--ui-token-file")
+        assert not sc.events("security.token_on_command_line")
+
+
 class TestStateDir:
     async def test_state_dir_is_0700_and_state_files_0600(self, run_sidecar, workspace):
         """A state dir left world-readable is tightened at start; state files are the sidecar's alone."""
