@@ -91,6 +91,8 @@ class Settings(BaseSettings):
         for secret, file in _SECRET_FILES:
             if data.get(file) is None:
                 continue
+            if not str(data[file]).strip():
+                raise ValueError(f"{file}: needs a path")
             if data.get(secret) not in (None, ""):
                 flag = "--" + secret.replace("_", "-")
                 raise ValueError(f"{file}: the secret is also given as {flag} (SIDECAR_{secret.upper()}); give one")

@@ -187,15 +187,15 @@ class TestRefusals:
         assert "value-x1y2" not in line and "from-file" not in line
 
     @pytest.mark.parametrize("option", ["--auth-token-file", "--ui-token-file"])
-    @pytest.mark.parametrize("case", ["missing", "directory", "empty", "blank"])
+    @pytest.mark.parametrize("case", ["missing", "directory", "empty", "blank", "no path"])
     def test_an_unreadable_or_empty_file_exits_2(self, capsys, tmp_path, option, case):
         """A token file that cannot be read, or holds nothing but whitespace: exit 2 naming the option."""
         path = tmp_path / "t"
         if case == "directory":
             path.mkdir()
-        elif case != "missing":
+        elif case in ("empty", "blank"):
             path.write_text("" if case == "empty" else " \n\n")
-        assert option in refused(capsys, option, str(path))
+        assert option in refused(capsys, option, "" if case == "no path" else str(path))
 
     def test_one_trailing_newline_and_surrounding_blanks_are_stripped(self, tmp_path):
         """`echo token > file` gives `token`."""
