@@ -9,6 +9,8 @@ import hmac
 import time
 from urllib.parse import quote, unquote_to_bytes
 
+from sidecar.numbers import ascii_uint
+
 __all__ = (
     "TEMP_SUFFIXES",
     "bearer_ok",
@@ -93,11 +95,12 @@ def signed_query(token: str, path: str, ttl: int, now: float | None = None) -> s
 
 
 def signature_ok(token: str, path: str, expires: str | None, signature: str | None, now: float | None = None) -> bool:
-    if not expires or not signature or not expires.isdigit() or len(expires) > 12:
+    when = ascii_uint(expires, 12)  # ASCII digits only: `²` passes str.isdigit() but not int()
+    if when is None or not signature:
         return False
-    if int(expires) < (now if now is not None else time.time()):
+    if when < (now if now is not None else time.time()):
         return False
     try:
-        return hmac.compare_digest(sign(token, path, int(expires)).encode(), signature.encode())
+        return hmac.compare_digest(sign(token, path, when).encode(), signature.encode())
     except UnicodeEncodeError:  # a raw non-UTF-8 byte in the path or the query: no signature matches it
         return False
