@@ -18,6 +18,7 @@ from sidecar.manifest import ManifestStore
 from sidecar.metrics import Metrics
 from sidecar.notify import Notifier
 from sidecar.pusher import Pusher
+from sidecar.security import is_loopback_host
 from sidecar.server import API_KEY, Hooks, build_app
 from sidecar.supervise import Child
 from sidecar.tasks import keep_running
@@ -118,6 +119,13 @@ class Sidecar:
         await site.start()
         port = self._bound_port(runner) or s.port
         log.info("http.listening", host=s.host, port=port, url=f"http://{s.host}:{port}")
+        if s.auth_token is None and not is_loopback_host(s.host):
+            log.warning(
+                "security.open",
+                host=s.host,
+                port=port,
+                detail="no --auth-token: anyone who can reach this port can read every artifact and the manifest",
+            )
         self.listening = True
         await self.store.commit(state="running")
 

@@ -22,7 +22,7 @@ from sidecar.manifest import Entry, Identity, ManifestStore
 from sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sidecar.metrics import Metrics
 from sidecar.numbers import ascii_decimal, ascii_int
-from sidecar.security import bearer_ok, name_from_raw_path, signature_ok
+from sidecar.security import bearer_ok, is_loopback_address, name_from_raw_path, signature_ok
 
 __all__ = ("API_KEY", "Api", "Hooks", "build_app")
 
@@ -43,6 +43,7 @@ _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -345,11 +346,20 @@ class Api:
                     await sse.send(json.dumps({"version": ch.version}), event="artifacts", id=str(ch.version))
                 cur = ch.version
 
+    def _local_only(self, request: web.Request) -> None:
+        """Without a token, ending the run is for this machine only (SPEC 9): else a cross-site form post
+        from any page the operator visits, or anyone who can reach the port, ends the grace period."""
+        if self.token is None and not is_loopback_address(request.remote):
+            log.debug("http.forbidden", path=request.path, peer=request.remote)  # debug: no log flood from outside
+            raise web.HTTPForbidden(reason="without --auth-token only loopback clients may finalize or release")
+
     async def finalize(self, request: web.Request) -> web.StreamResponse:
+        self._local_only(request)
         state = await self.hooks.finalize()
         return web.json_response({"state": state}, status=202)
 
     async def release(self, request: web.Request) -> web.StreamResponse:
+        self._local_only(request)
         await self.hooks.release()
         return web.json_response({"state": self.store.state, "released": True}, status=202)
 
