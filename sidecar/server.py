@@ -15,6 +15,7 @@ from typing import NoReturn
 from aiohttp import hdrs, web
 from aiohttp_sse import EventSourceResponse, sse_response
 
+from sidecar.beneath import open_regular_beneath
 from sidecar.conditional import Validators, decide, weak_match
 from sidecar.config import Settings
 from sidecar.logs import get_logger
@@ -39,7 +40,6 @@ PREFLIGHT_HEADERS = (
 EXPOSE_HEADERS = "Content-Length, Content-Range, Accept-Ranges, ETag, Last-Modified, Content-Disposition"
 OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
 _NOT_MODIFIED_HEADERS = frozenset({"ETag", "Last-Modified", "Cache-Control"})  # as Entry.headers spells them
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -100,7 +100,6 @@ class Api:
     def __init__(self, settings: Settings, store: ManifestStore, metrics: Metrics, hooks: Hooks) -> None:
         self.settings = settings
         self.root = settings.artifacts_dir.absolute()
-        self.root_prefix = str(self.root).rstrip("/") + "/"  # names are relative, "/"-separated, checked
         self.store = store
         self.metrics = metrics
         self.hooks = hooks
@@ -196,18 +195,12 @@ class Api:
             return False
 
     def _open(self, entry: Entry) -> int | None:
-        """The published inode itself, or None when the file changed since publication."""
+        """The published inode itself, or None when the file changed since publication. Resolved beneath
+        the root without following a symlink anywhere, and checked before it is opened for reading: a
+        FIFO or a device swapped in for a published file is never read (sidecar.beneath, SPEC 9)."""
         try:
-            fd = os.open(self.root_prefix + entry.name, _OPEN_FLAGS)
+            fd, _ = open_regular_beneath(self.root, entry.name, lambda st: Identity.of(st) == entry.identity)
         except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            os.close(fd)
-            return None
-        if not stat.S_ISREG(st.st_mode) or Identity.of(st) != entry.identity:
-            os.close(fd)
             return None
         return fd
 
