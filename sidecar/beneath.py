@@ -44,6 +44,8 @@ class _Openat2:
 
     def __init__(self) -> None:
         self.syscall: Callable[..., int] | None = None
+        self.hows: dict[int, _OpenHow] = {}
+        self.number = ctypes.c_long(_SYS_OPENAT2 or 0)  # a long, as syscall(2) reads it
         if _SYS_OPENAT2 is not None:
             with contextlib.suppress(OSError, AttributeError):
                 libc = ctypes.CDLL(None, use_errno=True)
@@ -55,14 +57,10 @@ class _Openat2:
         """An fd, None when openat2 is not available; raises OSError for a refused or missing name."""
         if self.syscall is None or _SYS_OPENAT2 is None:
             return None
-        how = _OpenHow(flags, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
-        fd = self.syscall(
-            ctypes.c_long(_SYS_OPENAT2),
-            ctypes.c_int(dirfd),
-            ctypes.c_char_p(os.fsencode(name)),
-            ctypes.byref(how),
-            ctypes.c_size_t(ctypes.sizeof(how)),
-        )
+        how = self.hows.get(flags)
+        if how is None:  # one per flag set, made once: the struct is only read by the kernel
+            how = self.hows[flags] = _OpenHow(flags, 0, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)
+        fd = self.syscall(self.number, ctypes.c_int(dirfd), os.fsencode(name), ctypes.byref(how), _HOW_SIZE)
         if fd >= 0:
             return int(fd)
         err = ctypes.get_errno()
@@ -72,6 +70,7 @@ class _Openat2:
         raise OSError(err, os.strerror(err), name)
 
 
+_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
 _openat2 = _Openat2()
 
 
@@ -103,6 +102,8 @@ def _walk(dirfd: int, name: str, leaf_flags: int) -> int:
 
 def open_path_beneath(dirfd: int, name: str) -> int:
     """An O_PATH fd of dirfd/name: no symlink anywhere on the way (ELOOP), nothing outside (EXDEV)."""
+    if "\0" in name:  # a C string would end there: another, shorter name
+        raise OSError(errno.EINVAL, "NUL in a name", name)
     fd = _openat2(dirfd, name, _PATH)
     return fd if fd is not None else _walk(dirfd, name, _PATH)
 

@@ -56,7 +56,9 @@ class TestOpenRegularBeneath:
         fd, st = open_regular_beneath(tree, "sub/x.txt")
         assert stat.S_ISREG(st.st_mode) and _read(fd) == b"inside"
 
-    @pytest.mark.parametrize("name", ["inlink/x.txt", "outlink/x.txt", "leaf.txt", "../outside/x.txt", "sub/../../x"])
+    @pytest.mark.parametrize(
+        "name", ["inlink/x.txt", "outlink/x.txt", "leaf.txt", "../outside/x.txt", "sub/../../x", "sub/x.txt\0.png"]
+    )
     def test_no_symlink_anywhere_and_nothing_outside(self, tree, resolver, name):
         """A symlinked folder (inside or pointing out), a symlinked leaf and `..` out of root are refused."""
         with pytest.raises(OSError):
