@@ -164,6 +164,8 @@ def _distrusted(e: Entry) -> Entry | None:
     one hashed. The watcher hashes every stored entry again at start (ArtifactWatcher.distrust)."""
     if not isinstance(e.name, str) or not is_publishable_name(e.name) or not isinstance(e.sha256, str):
         return None
+    if not all(type(v) is int for v in dataclasses.astuple(e.identity)):
+        return None
     return dataclasses.replace(e, mime_type=mime_from_name(e.name), size_bytes=e.identity.size)
 
 
@@ -269,7 +271,7 @@ class ManifestStore:
         self.version = int(doc["version"])
         self.state = doc.get("state", "running")
         for item in doc.get("entries", []):
-            with contextlib.suppress(KeyError, TypeError, ValueError):
+            with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
                 e = _distrusted(Entry.from_state(item))
                 if e is not None:
                     self.entries[e.name] = e
