@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
-from helpers import get_manifest
+from helpers import REPO_ROOT, get_manifest
 
 TOKEN = "loopback-test-token"  # noqa: S105 - a test token
 ANY = "0.0.0.0"
@@ -89,3 +91,74 @@ class TestLoopbackOnlyLifecycle:
         assert status == 202, body
         await sc.wait_log("lifecycle.final")
         assert not sc.events("security.open")
+
+
+# Run inside a fresh network namespace (nothing on the host changes): lo up, plus 10.77.0.1 on lo, which
+# is this namespace's own address but not a loopback one. The daemon binds 0.0.0.0; the answers are printed.
+_IN_NETNS = r"""
+import json, os, socket, subprocess, sys, time
+root, port = sys.argv[1], int(sys.argv[2])
+argv = [sys.executable, "-m", "sidecar", "serve", "--host", "0.0.0.0", "--port", str(port),
+        "--artifacts-dir", root + "/artifacts", "--state-dir", root + "/state",
+        "--tool-results-dir", root + "/tool-results", "--log-format", "json", "--grace-period", "1"]
+with open(root + "/netns.stderr", "wb") as err:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+def request(host, path):
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(f"{'GET' if path == '/readyz' else 'POST'} {path} HTTP/1.1\r\nHost: x\r\n"
+                  "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+try:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            if request("127.0.0.1", "/readyz") == 200:
+                break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise SystemExit("the sidecar did not start")
+        time.sleep(0.05)
+    out = {p + "@" + h: request(h, p) for h in ("10.77.0.1", "127.0.0.1") for p in ("/v1/release", "/v1/finalize")}
+    print(json.dumps(out))
+finally:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+"""
+
+
+class TestInANetworkNamespace:
+    def test_a_non_loopback_client_in_a_namespace_of_its_own(self, workspace):
+        """Where the machine has no other address: the same check in a new network namespace, with a
+        non-loopback address added there (the host's network is not touched)."""
+        if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("ip") is None:
+            pytest.skip("needs root, unshare and ip")
+        ws = workspace()
+        setup = 'ip link set lo up && ip addr add 10.77.0.1/32 dev lo && exec "$0" -c "$1" "$2" "$3"'
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        env = {k: v for k, v in env.items() if not k.startswith("SIDECAR_")}
+        run = subprocess.run(
+            ["unshare", "--net", "sh", "-c", setup, sys.executable, _IN_NETNS, str(ws.root), "5173"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        if run.returncode != 0 and "unshare" in run.stderr and "Operation not permitted" in run.stderr:
+            pytest.skip("no network namespaces here")
+        assert run.returncode == 0, run.stderr + (ws.root / "netns.stderr").read_text(errors="replace")
+        got = json.loads(run.stdout.strip().splitlines()[-1])
+        assert got == {
+            "/v1/release@10.77.0.1": 403,
+            "/v1/finalize@10.77.0.1": 403,
+            "/v1/release@127.0.0.1": 202,
+            "/v1/finalize@127.0.0.1": 202,
+        }
