@@ -25,8 +25,10 @@ RESOLVE_BENEATH = 0x08
 # openat2 is 437 on every architecture that has the unified syscall table; these two are the ones we ship for.
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(platform.machine())
 
-_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-_DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Without O_PATH (not Linux) the first open is a non-blocking read-only one: still never a blocking FIFO.
+_LOOK = getattr(os, "O_PATH", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+_PATH = _LOOK | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_PATH = _LOOK | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
