@@ -10,6 +10,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from sidecar.beneath import open_dir_nofollow, open_regular_beneath
+
 __all__ = (
     "Signature",
     "atomic_write_bytes",
@@ -24,29 +26,32 @@ __all__ = (
 
 Signature = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns): any write changes one of them
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
-
 
 def signature(st: os.stat_result) -> Signature:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory: all or nothing. Mode 0600 by
-    default: these are the sidecar's state files, nobody else's to read (SPEC 9)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_native_id()}.tmp")  # one per thread
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    """Temp file in the same directory, fsync, rename, fsync the directory: all or nothing.
+
+    Every step is relative to the directory, opened without following a symlink in its place, and the
+    temp file is created O_EXCL | O_NOFOLLOW: a link an agent puts in the state dir, or in place of it,
+    never turns a state write into a write somewhere else (SPEC 9). Mode 0600 by default: these are the
+    sidecar's state files, nobody else's to read."""
+    dfd = open_dir_nofollow(path.parent, os.O_RDONLY)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+        tmp = f".{path.name}.{os.getpid()}.{threading.get_native_id()}.tmp"  # one per thread
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dfd)  # left by a crash, or planted: unlink never follows a link
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
         os.fsync(dfd)
     finally:
         os.close(dfd)
@@ -56,18 +61,10 @@ def open_beneath(root: Path, name: str) -> int:
     """Open root/name for reading, refusing a symlink at every component (no escape from root).
 
     Raises OSError (ELOOP, ENOTDIR, ENOENT...) when the path is not a plain chain of directories ending
-    in a non-link; the caller still has to check that the fd is a regular file.
+    in a non-link, and (sidecar.beneath.NotRegular) when it is not a regular file: a FIFO or a device is
+    looked at through O_PATH and never opened for reading.
     """
-    parts = name.split("/")
-    dfd = os.open(root, _DIR_FLAGS)
-    try:
-        for part in parts[:-1]:
-            nfd = os.open(part, _DIR_FLAGS, dir_fd=dfd)
-            os.close(dfd)
-            dfd = nfd
-        return os.open(parts[-1], _OPEN_FLAGS, dir_fd=dfd)
-    finally:
-        os.close(dfd)
+    return open_regular_beneath(root, name)[0]
 
 
 def hash_beneath(root: Path, name: str, expected: Signature | None) -> tuple[str, os.stat_result] | None:

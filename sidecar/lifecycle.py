@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
@@ -26,8 +26,10 @@ from sidecar.privileges import (
     set_non_dumpable,
 )
 from sidecar.pusher import Pusher
+from sidecar.security import is_loopback_host
 from sidecar.server import API_KEY, Hooks, build_app
 from sidecar.supervise import Child
+from sidecar.tasks import keep_running
 from sidecar.toolresults import ToolResultsWatcher
 from sidecar.watcher import ArtifactWatcher
 
@@ -42,6 +44,11 @@ DRAIN_S = 5.0  # SPEC 8 step 4: in-flight responses get this long
 FAST_EXIT_S = 0.5  # a second signal: what is left of the drain
 TASK_STOP_S = 2.0  # how long a cancelled background task may take to end
 FINAL_PUSH_S = 2.0  # when the grace period ends early, the final push may still take this long
+
+
+def _background(name: str, start: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+    """A long-lived task: logged and restarted if it crashes (sidecar.tasks), cancelled at exit."""
+    return asyncio.create_task(keep_running(name, start), name=name)
 
 
 class Sidecar:
@@ -144,24 +151,31 @@ class Sidecar:
         await site.start()
         port = self._bound_port(runner) or s.port
         log.info("http.listening", host=s.host, port=port, url=f"http://{s.host}:{port}")
+        if s.auth_token is None and not is_loopback_host(s.host):
+            log.warning(
+                "security.open",
+                host=s.host,
+                port=port,
+                detail="no --auth-token: anyone who can reach this port can read every artifact and the manifest",
+            )
         self.listening = True
         await self.store.commit(state="running")
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
-        tasks = [asyncio.create_task(self.watcher.run(), name="watcher")]
-        tasks.append(asyncio.create_task(self.toolresults.run(), name="tool-results"))
-        tasks.append(asyncio.create_task(self.deliveries.persist_forever(), name="deliveries"))
+        tasks = [_background("watcher", self.watcher.run)]
+        tasks.append(_background("tool-results", self.toolresults.run))
+        tasks.append(_background("deliveries", self.deliveries.persist_forever))
         if self.pusher is not None:
-            tasks.append(asyncio.create_task(self.pusher.run(), name="pusher"))
+            tasks.append(_background("pusher", self.pusher.run))
         if self.offloader is not None:
-            tasks.append(asyncio.create_task(self.offloader.run(), name="offload"))
+            tasks.append(_background("offload", self.offloader.run))
         exit_code = 0
         try:
             await self.watcher.first_scan.wait()
             self.notifier.send("READY=1")
-            tasks.append(asyncio.create_task(self.notifier.watchdog(), name="watchdog"))
+            tasks.append(_background("watchdog", self.notifier.watchdog))
             if self.mode == "run":
                 self.child = Child(self.command, user=self.child_user)
                 self.child.start(loop)

@@ -19,8 +19,8 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from sidecar.fsutil import atomic_write_bytes
-from sidecar.media import artifact_type, needs_sandbox
-from sidecar.security import encode_path, signed_query
+from sidecar.media import artifact_type, mime_from_name, needs_sandbox
+from sidecar.security import encode_path, is_publishable_name, signed_query
 
 __all__ = (
     "Change",
@@ -157,6 +157,18 @@ class Entry:
         )
 
 
+def _distrusted(e: Entry) -> Entry | None:
+    """A stored entry is a claim (the state file may have been edited): a name that could never be
+    published is dropped, the type is recomputed from the name (a data URL's declared type that the
+    name cannot carry, a `.bin`, comes back only when its source is scanned again), the size is the
+    one hashed. The watcher hashes every stored entry again at start (ArtifactWatcher.distrust)."""
+    if not isinstance(e.name, str) or not is_publishable_name(e.name) or not isinstance(e.sha256, str):
+        return None
+    if not all(type(v) is int for v in dataclasses.astuple(e.identity)):
+        return None
+    return dataclasses.replace(e, mime_type=mime_from_name(e.name), size_bytes=e.identity.size)
+
+
 _STATIC_HEADERS = (("Accept-Ranges", "bytes"), ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"))
 _SANDBOX = (("Content-Security-Policy", "sandbox"),)
 
@@ -259,9 +271,10 @@ class ManifestStore:
         self.version = int(doc["version"])
         self.state = doc.get("state", "running")
         for item in doc.get("entries", []):
-            with contextlib.suppress(KeyError, TypeError, ValueError):
-                e = Entry.from_state(item)
-                self.entries[e.name] = e
+            with contextlib.suppress(KeyError, TypeError, ValueError, AttributeError):
+                e = _distrusted(Entry.from_state(item))
+                if e is not None:
+                    self.entries[e.name] = e
         for item in doc.get("rejected", []):
             with contextlib.suppress(KeyError, TypeError):
                 r = Rejected(item["origin"], item["reason"], item.get("detail", ""), item.get("offset"))

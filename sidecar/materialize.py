@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO
 
+from sidecar.beneath import open_dir_nofollow
 from sidecar.datauri import type_matches
 from sidecar.media import SNIFF_BYTES, extension_for, is_complete, is_complete_bytes, sniff
 from sidecar.scanner import Decoded, Dropped, Ended, Found, Scanner
@@ -129,12 +130,18 @@ def materialize_file(path: Path, settings: Settings) -> list[Outcome]:
         if not stat.S_ISREG(before.st_mode):
             raise NotARegularFile(errno.EINVAL, "not a regular file", str(path))
         settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        outcomes, edits = _scan(fd, path, settings)
-        if edits:
-            # every artifact is renamed into place; one directory fsync makes all the names durable
-            _fsync_dir(settings.artifacts_dir)
-            if settings.rewrite_tool_results:
-                _rewrite(fd, path, before, edits)
+        # Every write below is relative to this fd: an artifacts dir the agent swapped for a symlink (to
+        # /etc, say) is refused here (ELOOP), and a swap after this point changes nothing (SPEC 9).
+        dfd = open_dir_nofollow(settings.artifacts_dir, os.O_RDONLY)
+        try:
+            outcomes, edits = _scan(fd, path, settings, dfd)
+            if edits:
+                # every artifact is renamed into place; one directory fsync makes all the names durable
+                os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        if edits and settings.rewrite_tool_results:
+            _rewrite(fd, path, before, edits)
         return outcomes
     finally:
         os.close(fd)
@@ -148,8 +155,8 @@ def materialize_file(path: Path, settings: Settings) -> list[Outcome]:
 class _Sink:
     """Where the decoded bytes of one payload go: memory first, a hidden temp file once large."""
 
-    def __init__(self, directory: Path, limit: int) -> None:
-        self.directory = directory
+    def __init__(self, directory: int, limit: int) -> None:
+        self.directory = directory  # the artifacts dir's fd
         self.limit = limit
         self.size = 0
         self.sha = hashlib.sha256()
@@ -157,7 +164,7 @@ class _Sink:
         self.memory: list[bytes] = []
         self.held = 0
         self.fd = -1
-        self.tmp: Path | None = None
+        self.tmp: str | None = None  # a name in the directory
         self.error: OSError | None = None  # writing the temp file failed (disk full...): nothing is kept
 
     @property
@@ -190,8 +197,9 @@ class _Sink:
 
     def _spill(self) -> None:
         # a dot name ending in .tmp: the watcher of the artifacts dir ignores it (SPEC 3)
-        self.tmp = self.directory / f".datauri-{secrets.token_hex(8)}.tmp"
-        self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.tmp = f".datauri-{secrets.token_hex(8)}.tmp"
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.fd = os.open(self.tmp, flags, 0o644, dir_fd=self.directory)
         for part in self.memory:
             _write_all(self.fd, part)
         self.memory, self.held = [], 0
@@ -202,13 +210,13 @@ class _Sink:
         fd = self.fd
         return is_complete(mime, lambda offset, size: os.pread(fd, size, offset), self.size)
 
-    def commit(self, target: Path, batch: _Batch) -> None:
+    def commit(self, target: str, batch: _Batch) -> None:
         """Hand the payload to the batch that makes it the file at target once it is durable."""
         if target in batch.targets:
             self.discard()  # the same payload twice in one batch: the name carries the hash
             return
         with contextlib.suppress(OSError):
-            st = os.stat(target, follow_symlinks=False)
+            st = os.stat(target, dir_fd=self.directory, follow_symlinks=False)
             if stat.S_ISREG(st.st_mode) and st.st_size == self.size:
                 self.discard()  # identical payloads give one file
                 return
@@ -231,7 +239,7 @@ class _Sink:
             self.fd = -1
         if self.tmp is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self.tmp)
+                os.unlink(self.tmp, dir_fd=self.directory)
             self.tmp = None
 
 
@@ -239,13 +247,13 @@ class _Batch:
     """Payloads written to hidden temp files but not yet durable. `flush` syncs the filesystem once, then
     renames them into place: a crash before that leaves only ignored temp names, never a torn artifact."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.items: list[tuple[Path, Path]] = []
-        self.targets: set[Path] = set()
+    def __init__(self, directory: int) -> None:
+        self.directory = directory  # the artifacts dir's fd; items are (temp name, artifact name) in it
+        self.items: list[tuple[str, str]] = []
+        self.targets: set[str] = set()
         self.size = 0
 
-    def add(self, tmp: Path, target: Path, size: int) -> None:
+    def add(self, tmp: str, target: str, size: int) -> None:
         self.items.append((tmp, target))
         self.targets.add(target)
         self.size += size
@@ -265,22 +273,22 @@ class _Batch:
         except OSError:
             for tmp, target in items:  # no syncfs here: one fsync a file
                 try:
-                    fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
+                    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.directory)
                     try:
                         os.fsync(fd)
                     finally:
                         os.close(fd)
                 except OSError as e:
-                    failed[target.name] = e
+                    failed[target] = e
         for tmp, target in items:
-            if target.name not in failed:
+            if target not in failed:
                 try:
-                    os.replace(tmp, target)
+                    os.replace(tmp, target, src_dir_fd=self.directory, dst_dir_fd=self.directory)
                     continue
                 except OSError as e:
-                    failed[target.name] = e
+                    failed[target] = e
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=self.directory)
         return failed
 
 
@@ -295,20 +303,18 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _load_syncfs() if sys.platform.startswith("linux") else None
 
 
-def _sync_filesystem(directory: Path) -> None:
+def _sync_filesystem(directory: int) -> None:
     """syncfs(2) on the artifacts dir's filesystem: every file written so far is on disk when it returns."""
     if _SYNCFS is None:
         raise OSError(errno.ENOSYS, "syncfs is not available")
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _SYNCFS(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-    finally:
-        os.close(fd)
+    if _SYNCFS(directory) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
-def _scan(fd: int, path: Path, settings: Settings) -> tuple[list[Outcome], list[tuple[int, int, bytes]]]:
+def _scan(
+    fd: int, path: Path, settings: Settings, directory: int
+) -> tuple[list[Outcome], list[tuple[int, int, bytes]]]:
     scanner = Scanner(
         settings.data_url_types,
         bare_images=settings.bare_base64_images,
@@ -316,7 +322,7 @@ def _scan(fd: int, path: Path, settings: Settings) -> tuple[list[Outcome], list[
     )
     outcomes: list[Outcome] = []
     edits: list[tuple[int, int, bytes]] = []
-    batch = _Batch(settings.artifacts_dir)
+    batch = _Batch(directory)
     found: Found | None = None
     sink: _Sink | None = None
     offset = 0
@@ -331,7 +337,7 @@ def _scan(fd: int, path: Path, settings: Settings) -> tuple[list[Outcome], list[
                         sink.write(ev.data)
                 elif isinstance(ev, Found):
                     found = ev
-                    sink = _Sink(settings.artifacts_dir, settings.max_data_url_bytes)
+                    sink = _Sink(directory, settings.max_data_url_bytes)
                 elif isinstance(ev, Ended) and found is not None and sink is not None:
                     outcome = _settle(path, found, ev, sink, settings, batch)
                     sink.discard()
@@ -352,7 +358,7 @@ def _scan(fd: int, path: Path, settings: Settings) -> tuple[list[Outcome], list[
             sink.discard()
         for tmp, _ in batch.items:  # only left when something raised: no half-made artifact stays
             with contextlib.suppress(OSError):
-                os.unlink(tmp)
+                os.unlink(tmp, dir_fd=directory)
 
 
 def _failed_writes(
@@ -419,7 +425,7 @@ def _settle(path: Path, found: Found, ended: Ended, sink: _Sink, settings: Setti
     digest = sink.sha.hexdigest()
     name = f"datauri-{digest[:16]}.{extension_for(mime)}"
     try:
-        sink.commit(settings.artifacts_dir / name, batch)
+        sink.commit(name, batch)
     except OSError as e:  # one artifact that cannot be written does not stop the others
         return _write_failed(path, ended, sink, mime, e)
     return Outcome(

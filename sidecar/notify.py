@@ -7,6 +7,8 @@ import contextlib
 import os
 import socket
 
+from sidecar.numbers import ascii_uint
+
 __all__ = ("Notifier",)
 
 
@@ -20,7 +22,8 @@ class Notifier:
         address = os.environ.get("NOTIFY_SOCKET") or None
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
-        watchdog = int(usec) if usec.isdigit() and (not pid.isdigit() or int(pid) == os.getpid()) else None
+        watchdog_pid = ascii_uint(pid)
+        watchdog = ascii_uint(usec) if watchdog_pid is None or watchdog_pid == os.getpid() else None
         return cls(address, watchdog)
 
     def send(self, message: str) -> bool:

@@ -17,6 +17,7 @@ from sidecar.fsutil import atomic_write_bytes
 from sidecar.logs import get_logger
 from sidecar.manifest import ManifestStore
 from sidecar.metrics import Metrics
+from sidecar.numbers import ascii_uint
 
 __all__ = ("Pusher", "backoff_delay", "retry_after_seconds")
 
@@ -41,8 +42,9 @@ def retry_after_seconds(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return min(float(value), RETRY_AFTER_CAP_S)
+    seconds = ascii_uint(value)
+    if seconds is not None:
+        return float(min(seconds, RETRY_AFTER_CAP_S))
     try:
         return min(max(0.0, parsedate_to_datetime(value).timestamp() - time.time()), RETRY_AFTER_CAP_S)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -87,10 +89,15 @@ class Pusher:
             doc = json.loads(self.path.read_bytes())
         except (OSError, ValueError):
             return
-        if doc.get("sidecar_id") != self.store.sidecar_id:
+        try:
+            if doc.get("sidecar_id") != self.store.sidecar_id:
+                return
+            acked_version = int(doc.get("acked_version", 0))
+            acked = {str(k): str(v) for k, v in doc.get("acked", {}).items()}
+        except (AttributeError, TypeError, ValueError):  # not ours: push everything again
+            log.warning("push.state_unreadable", path=str(self.path))
             return
-        self.acked_version = int(doc.get("acked_version", 0))
-        self.acked = {str(k): str(v) for k, v in doc.get("acked", {}).items()}
+        self.acked_version, self.acked = acked_version, acked
 
     def _save(self, doc: bytes, delivered: bytes | None) -> None:
         if self.deliveries is not None:

@@ -6,13 +6,18 @@ import base64
 import functools
 import hashlib
 import hmac
+import ipaddress
 import time
 from urllib.parse import quote, unquote_to_bytes
+
+from sidecar.numbers import ascii_uint
 
 __all__ = (
     "TEMP_SUFFIXES",
     "bearer_ok",
     "encode_path",
+    "is_loopback_address",
+    "is_loopback_host",
     "is_publishable_name",
     "name_from_raw_path",
     "sign",
@@ -93,11 +98,32 @@ def signed_query(token: str, path: str, ttl: int, now: float | None = None) -> s
 
 
 def signature_ok(token: str, path: str, expires: str | None, signature: str | None, now: float | None = None) -> bool:
-    if not expires or not signature or not expires.isdigit() or len(expires) > 12:
+    when = ascii_uint(expires, 12)  # ASCII digits only: `²` passes str.isdigit() but not int()
+    if when is None or not signature:
         return False
-    if int(expires) < (now if now is not None else time.time()):
+    if when < (now if now is not None else time.time()):
         return False
     try:
-        return hmac.compare_digest(sign(token, path, int(expires)).encode(), signature.encode())
+        return hmac.compare_digest(sign(token, path, when).encode(), signature.encode())
     except UnicodeEncodeError:  # a raw non-UTF-8 byte in the path or the query: no signature matches it
         return False
+
+
+def is_loopback_address(addr: str | None) -> bool:
+    """A client's address is this machine's loopback: 127.0.0.0/8, ::1 or IPv4-mapped ::ffff:127.x.
+
+    Anything else, an unparsable address or none at all (not a TCP peer) is not."""
+    if not addr:
+        return False
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def is_loopback_host(host: str) -> bool:
+    """`--host` binds only the loopback interface (`127.0.0.1`, `::1`, `localhost`): nothing else can reach it."""
+    return host.strip("[]").lower() in ("localhost", "localhost.") or is_loopback_address(host.strip("[]"))

@@ -6,25 +6,26 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import stat
 from collections.abc import Awaitable, Callable
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import NoReturn
 
 from aiohttp import hdrs, web
 from aiohttp_sse import EventSourceResponse, sse_response
 
+from sidecar.beneath import open_regular_beneath
+from sidecar.conditional import Validators, decide, weak_match
 from sidecar.config import Settings
 from sidecar.logs import get_logger
 from sidecar.manifest import Entry, Identity, ManifestStore
 from sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sidecar.metrics import Metrics
-from sidecar.security import bearer_ok, name_from_raw_path, signature_ok
+from sidecar.numbers import ascii_decimal, ascii_int
+from sidecar.security import bearer_ok, is_loopback_address, name_from_raw_path, signature_ok
 
-__all__ = ("API_KEY", "Api", "Hooks", "build_app", "parse_range")
+__all__ = ("API_KEY", "Api", "Hooks", "build_app")
 
 log = get_logger("sidecar.http")
 
@@ -32,17 +33,22 @@ SETTLE_WAIT_S = 5.0  # SPEC 5: a settling name waits this long before 404
 MAX_LONG_POLL_S = 60.0
 SMALL_BODY = 64 * 1024  # below this one pread + one write beats the sendfile machinery
 SSE_PING_S = 15.0
-PREFLIGHT_HEADERS = "Authorization, Range, If-None-Match, If-Modified-Since, If-Range, Last-Event-ID, Content-Type"
+PREFLIGHT_HEADERS = (
+    "Authorization, Range, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since, If-Range, "
+    "Last-Event-ID, Content-Type"
+)
 EXPOSE_HEADERS = "Content-Length, Content-Range, Accept-Ranges, ETag, Last-Modified, Content-Disposition"
 OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NOT_MODIFIED_HEADERS = frozenset({"ETag", "Last-Modified", "Cache-Control"})  # as Entry.headers spells them
 _ERROR_CODES = {
     400: "bad_request",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
     416: "range_not_satisfiable",
+    412: "precondition_failed",
     431: "headers_too_large",
     503: "not_ready",
 }
@@ -63,47 +69,6 @@ def _error(status: int, detail: str | None = None, headers: dict[str, str] | Non
     code = _ERROR_CODES.get(status) or HTTPStatus(status).phrase.lower().replace(" ", "_")
     body = json.dumps({"error": code, "detail": detail or HTTPStatus(status).phrase}).encode()
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
-
-
-def _etag_list(value: str) -> list[str]:
-    return [t.strip() for t in value.split(",") if t.strip()]
-
-
-def _weak_match(header: str, etag: str) -> bool:
-    """If-None-Match uses the weak comparison (RFC 9110 8.8.3.2)."""
-    return any(tag == "*" or tag.removeprefix("W/") == etag for tag in _etag_list(header))
-
-
-def _http_date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def parse_range(header: str, size: int) -> tuple[int, int] | bool | None:
-    """One byte range [start, end) from a Range header; None to ignore the header; False if unsatisfiable."""
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None  # other units are ignored; several ranges get the whole body (SPEC 5 allows 200)
-    first, dash, last = spec.strip().partition("-")
-    first, last = first.strip(), last.strip()
-    if not dash or (first and not first.isdigit()) or (last and not last.isdigit()) or not (first or last):
-        return None
-    if not first:
-        n = int(last)
-        if n == 0 or size == 0:
-            return False
-        return max(0, size - n), size
-    start = int(first)
-    if start >= size:
-        return False
-    end = size if not last else min(int(last) + 1, size)
-    if end <= start:
-        return None  # last < first is a syntax error: ignore the header
-    return start, end
 
 
 async def _sendfile(request: web.Request, fd: int, offset: int, count: int) -> None:
@@ -135,7 +100,6 @@ class Api:
     def __init__(self, settings: Settings, store: ManifestStore, metrics: Metrics, hooks: Hooks) -> None:
         self.settings = settings
         self.root = settings.artifacts_dir.absolute()
-        self.root_prefix = str(self.root).rstrip("/") + "/"  # names are relative, "/"-separated, checked
         self.store = store
         self.metrics = metrics
         self.hooks = hooks
@@ -231,18 +195,12 @@ class Api:
             return False
 
     def _open(self, entry: Entry) -> int | None:
-        """The published inode itself, or None when the file changed since publication."""
+        """The published inode itself, or None when the file changed since publication. Resolved beneath
+        the root without following a symlink anywhere, and checked before it is opened for reading: a
+        FIFO or a device swapped in for a published file is never read (sidecar.beneath, SPEC 9)."""
         try:
-            fd = os.open(self.root_prefix + entry.name, _OPEN_FLAGS)
+            fd, _ = open_regular_beneath(self.root, entry.name, lambda st: Identity.of(st) == entry.identity)
         except OSError:
-            return None
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            os.close(fd)
-            return None
-        if not stat.S_ISREG(st.st_mode) or Identity.of(st) != entry.identity:
-            os.close(fd)
             return None
         return fd
 
@@ -278,26 +236,17 @@ class Api:
             headers = [
                 (k, "attachment" + v[len("inline") :] if k == hdrs.CONTENT_DISPOSITION else v) for k, v in headers
             ]
-        etag = f'"{entry.sha256}"'
-        inm = request.headers.get(hdrs.IF_NONE_MATCH)
-        if inm is not None:
-            if _weak_match(inm, etag):
-                return web.Response(status=304, headers=headers)
-        else:
-            ims = _http_date(request.headers.get(hdrs.IF_MODIFIED_SINCE))
-            if ims is not None and math.floor(entry.mtime) <= ims:
-                return web.Response(status=304, headers=headers)
-        start, end, status = 0, size, 200
-        range_header = request.headers.get(hdrs.RANGE)
-        if range_header is not None and request.method == hdrs.METH_GET and self._if_range_ok(request, entry, etag):
-            rng = parse_range(range_header, size)
-            if rng is False:
-                return _error(416, "range not satisfiable", {hdrs.CONTENT_RANGE: f"bytes */{size}"})
-            if isinstance(rng, tuple):
-                start, end = rng
-                status = 206
-                headers.append((hdrs.CONTENT_RANGE, f"bytes {start}-{end - 1}/{size}"))
-                log.debug("http.range", name=entry.name, start=start, end=end - 1, size=size)
+        d = decide(request.method, request.headers, Validators(f'"{entry.sha256}"', entry.mtime, size))
+        if d.status == 304:  # the validators and Cache-Control only, not the body's headers (SPEC 5)
+            return web.Response(status=304, headers=[(k, v) for k, v in headers if k in _NOT_MODIFIED_HEADERS])
+        if d.status == 412:
+            return _error(412, "a precondition (If-Match or If-Unmodified-Since) does not hold")
+        if d.status == 416:
+            return _error(416, "range not satisfiable", {hdrs.CONTENT_RANGE: f"bytes */{size}"})
+        start, end, status = d.start, d.end, d.status
+        if status == 206:
+            headers.append((hdrs.CONTENT_RANGE, f"bytes {start}-{end - 1}/{size}"))
+            log.debug("http.range", name=entry.name, start=start, end=end - 1, size=size)
         count = end - start
         headers.append((hdrs.CONTENT_LENGTH, str(count)))
         if request.method == hdrs.METH_HEAD:
@@ -322,18 +271,6 @@ class Api:
         self.hooks.served(entry, start, end)
         return resp
 
-    @staticmethod
-    def _if_range_ok(request: web.Request, entry: Entry, etag: str) -> bool:
-        """If-Range: a strong ETag match or the exact Last-Modified date; else send the whole body."""
-        value = request.headers.get(hdrs.IF_RANGE)
-        if value is None:
-            return True
-        value = value.strip()
-        if value.startswith(("W/", '"')):
-            return value == etag
-        when = _http_date(value)
-        return when is not None and when == math.floor(entry.mtime)
-
     async def no_listing(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound(reason="no listings")
 
@@ -341,13 +278,10 @@ class Api:
 
     async def manifest(self, request: web.Request) -> web.StreamResponse:
         q = request.query
-        try:
-            since = int(q["since"]) if "since" in q else None
-            wait = float(q["wait"]) if "wait" in q else 0.0
-        except ValueError:
-            raise web.HTTPBadRequest(reason="since must be an integer and wait a number of seconds") from None
-        if not math.isfinite(wait):
-            raise web.HTTPBadRequest(reason="wait must be a finite number of seconds")
+        since = ascii_int(q["since"]) if "since" in q else None
+        wait = ascii_decimal(q["wait"]) if "wait" in q else 0.0
+        if ("since" in q and since is None) or wait is None:
+            raise web.HTTPBadRequest(reason="since must be an integer and wait a number of seconds")
         wait = min(max(wait, 0.0), MAX_LONG_POLL_S)
         if since is not None and wait > 0:
             deadline = asyncio.get_running_loop().time() + wait
@@ -359,17 +293,18 @@ class Api:
         etag = f'"{self.store.version}"'
         headers = {hdrs.ETAG: etag, hdrs.CACHE_CONTROL: "no-cache"}
         inm = request.headers.get(hdrs.IF_NONE_MATCH)
-        if inm is not None and _weak_match(inm, etag):
+        if inm is not None and weak_match(inm, etag):
             return web.Response(status=304, headers=headers)
         body = self.store.body()
         self.metrics.response_bytes.inc(len(body))
         return web.Response(body=body, content_type="application/json", headers=headers)
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        last = request.headers.get("Last-Event-ID", "").strip()
+        # Anything but a plain version (`²`, 5,000 digits, text) gets a fresh manifest event (SPEC 5, 9).
+        last = ascii_int(request.headers.get("Last-Event-ID", "").strip())
         async with sse_response(request, ping_interval=SSE_PING_S) as sse:
             try:
-                await self._stream(sse, int(last) if last.lstrip("-").isdigit() else None)
+                await self._stream(sse, last)
             except ConnectionError:  # the subscriber went away: its stream simply ends
                 log.debug("events.client_gone", peer=request.remote)
         return sse
@@ -404,11 +339,20 @@ class Api:
                     await sse.send(json.dumps({"version": ch.version}), event="artifacts", id=str(ch.version))
                 cur = ch.version
 
+    def _local_only(self, request: web.Request) -> None:
+        """Without a token, ending the run is for this machine only (SPEC 9): else a cross-site form post
+        from any page the operator visits, or anyone who can reach the port, ends the grace period."""
+        if self.token is None and not is_loopback_address(request.remote):
+            log.debug("http.forbidden", path=request.path, peer=request.remote)  # debug: no log flood from outside
+            raise web.HTTPForbidden(reason="without --auth-token only loopback clients may finalize or release")
+
     async def finalize(self, request: web.Request) -> web.StreamResponse:
+        self._local_only(request)
         state = await self.hooks.finalize()
         return web.json_response({"state": state}, status=202)
 
     async def release(self, request: web.Request) -> web.StreamResponse:
+        self._local_only(request)
         await self.hooks.release()
         return web.json_response({"state": self.store.state, "released": True}, status=202)
 

@@ -188,10 +188,21 @@ class ArtifactWatcher:
         self.first_scan = asyncio.Event()
         self.hashing: set[str] = set()
         self.failed: dict[str, Signature] = {}  # names whose current version could not be hashed
+        self.unverified: set[str] = set()  # entries from the state file not hashed again yet
 
     # ---- the long-lived task -------------------------------------------------------
 
+    def distrust(self) -> None:
+        """Before the first scan: every entry from the state file is hashed again (its sha256 must be
+        what is on disk for its name, SPEC 9); a data URL's provenance is kept only while it matches."""
+        for e in self.store.entries.values():
+            if e.source == "data-url" and e.origin is not None and e.name not in self.provenance:
+                self.provenance[e.name] = Provenance(e.sha256, e.mime_type, e.origin, e.declared_mime_type)
+        self.unverified = set(self.store.entries)
+
     async def run(self) -> None:
+        if not self.first_scan.is_set():
+            self.distrust()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch())
             tg.create_task(self._settle_loop())
@@ -231,8 +242,9 @@ class ArtifactWatcher:
         """A regular file that differs from what is published becomes a candidate, unless this very
         version of it already failed to hash (unreadable): that one waits for a change."""
         entry = self.store.entries.get(name)
-        if entry is not None and Identity.of(st) == entry.identity:
+        if entry is not None and Identity.of(st) == entry.identity and name not in self.unverified:
             return
+        self.unverified.discard(name)
         if self.failed.get(name) == signature(st):
             return
         self.failed.pop(name, None)

@@ -257,7 +257,8 @@ def spawn(
     env: dict[str, str],
     log_name: str,
 ) -> Sidecar:
-    argv = [sys.executable, "-m", "sidecar", mode, *args, "--host", "127.0.0.1", "--port", str(port)]
+    # 127.0.0.1 first, so that a test's own --host (given in args) wins.
+    argv = [sys.executable, "-m", "sidecar", mode, "--host", "127.0.0.1", "--port", str(port), *args]
     argv += ["--log-format", "json"]
     if command is not None:
         argv += ["--", *command]

@@ -99,6 +99,30 @@ class TestLoad:
         assert [p.read_bytes() for p in kept] == [content]
         assert on_disk(state_dir)["sidecar_id"] == store.sidecar_id
 
+    async def test_stored_entries_are_claims(self, open_store, state_dir):
+        """An edited state file cannot retype an entry (mime_type is recomputed from the name, size_bytes is
+        the hashed identity's) nor bring in a name that could never be published or a malformed identity."""
+        store = open_store()
+        await store.commit(upserts=[make_entry("a.txt", b"abc"), make_entry("b.png", b"png", mime="image/png")])
+        doc = on_disk(state_dir)
+        for e in doc["entries"]:
+            e.update(mime_type="text/javascript", size_bytes=999)
+        good = doc["entries"][0]
+        doc["entries"] += [
+            {**good, "name": ".env"},
+            {**good, "name": "../escape.txt"},
+            {**good, "name": "x/../y.txt"},
+            {**good, "name": "odd.txt", "identity": ["1", 2, 3, 4]},
+            {**good, "name": "odder.txt", "identity": [1, 2, 3.5, 4]},
+            {**good, "name": 7},
+        ]
+        (state_dir / STATE_FILE).write_text(json.dumps(doc))
+        again = open_store()
+        assert sorted(again.entries) == ["a.txt", "b.png"]
+        assert again.entries["a.txt"].mime_type == "text/plain"
+        assert again.entries["b.png"].mime_type == "image/png"
+        assert again.entries["a.txt"].size_bytes == 3
+
 
 class TestVersions:
     async def test_each_visible_change_is_one_version(self, open_store):

@@ -356,6 +356,21 @@ class TestSpecialFiles:
         with pytest.raises(OSError):
             materialize_file(d, settings)
 
+    def test_an_artifacts_dir_swapped_for_a_symlink_gets_nothing(
+        self, settings: Settings, source: Callable[..., Path], tmp_path: Path
+    ) -> None:
+        """If the agent replaces the artifacts dir with a symlink (to /etc, say), nothing is written through
+        it: the file is refused (ELOOP) and its text stays as it was, to be tried again later."""
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        settings.artifacts_dir.symlink_to(elsewhere)
+        text = f'"data:image/png;base64,{b64(make_png(seed=5))}"'
+        src = source(text)
+        with pytest.raises(OSError):
+            materialize_file(src, settings)
+        assert list(elsewhere.iterdir()) == []
+        assert src.read_text() == text
+
 
 class TestRunMaterialize:
     def test_one_json_object_per_data_url_in_order(self, settings: Settings, source: Callable[..., Path]) -> None:
@@ -408,7 +423,7 @@ class TestBatches:
         text = f'"data:image/png;base64,{b64(png)}"'
         src = source(text)
 
-        def refuse(tmp: object, target: object) -> None:
+        def refuse(tmp: object, target: object, **dir_fds: object) -> None:
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(materialize.os, "replace", refuse)

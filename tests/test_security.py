@@ -12,6 +12,8 @@ from sidecar.security import (
     TEMP_SUFFIXES,
     bearer_ok,
     encode_path,
+    is_loopback_address,
+    is_loopback_host,
     is_publishable_name,
     name_from_raw_path,
     sign,
@@ -224,3 +226,54 @@ class TestBearer:
     def test_anything_else_is_refused(self, header):
         """A missing header, another scheme, or a token that differs in any way is refused."""
         assert not bearer_ok(header, TOKEN)
+
+
+class TestLoopback:
+    @pytest.mark.parametrize(
+        "addr", ["127.0.0.1", "127.0.0.2", "127.255.255.254", "::1", "::ffff:127.0.0.1", "::ffff:127.1.2.3"]
+    )
+    def test_loopback_clients(self, addr):
+        """127.0.0.0/8, ::1 and IPv4-mapped ::ffff:127.x are this machine's loopback."""
+        assert is_loopback_address(addr)
+
+    @pytest.mark.parametrize(
+        "addr",
+        [
+            None,
+            "",
+            "10.0.0.1",
+            "192.0.2.2",
+            "0.0.0.0",
+            "::",
+            "::ffff:10.0.0.1",
+            "::ffff:0.0.0.0",
+            "fe80::1",
+            "128.0.0.1",
+            "126.255.255.255",
+            "localhost",
+            "127.0.0.1.evil",
+            "127.0.0.1, 10.0.0.1",
+            "::ffff:7f00:1:0",
+        ],
+    )
+    def test_everything_else_is_not(self, addr):
+        """Other addresses, names, lists, unparsable text or no address at all are not loopback."""
+        assert not is_loopback_address(addr)
+
+    @pytest.mark.parametrize(
+        ("host", "loopback"),
+        [
+            ("127.0.0.1", True),
+            ("::1", True),
+            ("[::1]", True),
+            ("localhost", True),
+            ("0.0.0.0", False),
+            ("::", False),
+            ("", False),
+            ("192.0.2.2", False),
+            ("sandbox.example", False),
+        ],
+    )
+    def test_hosts_that_only_loopback_clients_reach(self, host, loopback):
+        """Only a loopback --host keeps other machines out; 0.0.0.0, ::, names and addresses do not."""
+        assert is_loopback_host(host) is loopback

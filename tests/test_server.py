@@ -198,6 +198,58 @@ class TestConditionalRequests:
             status, _, body = await fetch(http, "GET", url, headers={"Range": "bytes=0-3", "If-Range": validator})
             assert (status, body) == (200, DIGITS), validator
 
+    async def test_if_match_and_if_unmodified_since_give_412(self, run_sidecar, workspace, http):
+        """A stale If-Match or If-Unmodified-Since is 412, even with a Range (a resuming client never glues
+        new bytes onto an old partial file); the current ones serve the range."""
+        ws = workspace()
+        path = ws.write("d.txt", DIGITS)
+        sc = await run_sidecar()
+        url = sc.url("/artifacts/d.txt")
+        etag = f'"{sha256(DIGITS)}"'
+        mtime = path.stat().st_mtime
+        stale = [
+            {"If-Match": '"0000"'},
+            {"If-Match": f"W/{etag}"},
+            {"If-Match": '"0000"', "If-Unmodified-Since": formatdate(mtime + 3600, usegmt=True)},
+            {"If-Unmodified-Since": formatdate(mtime - 3600, usegmt=True)},
+            {"If-Unmodified-Since": formatdate(mtime - 3600, usegmt=True), "If-None-Match": etag},
+        ]
+        for headers in stale:
+            for method in ("GET", "HEAD"):
+                status, _, body = await fetch(http, method, url, headers={**headers, "Range": "bytes=4-"})
+                assert status == 412, (method, headers)
+                if method == "GET":
+                    assert json.loads(body)["error"] == "precondition_failed"
+        current = [
+            {"If-Match": etag},
+            {"If-Match": f'"0000", {etag}'},
+            {"If-Match": "*"},
+            {"If-Unmodified-Since": formatdate(mtime, usegmt=True)},
+            {"If-Match": etag, "If-Unmodified-Since": formatdate(mtime - 3600, usegmt=True)},
+        ]
+        for headers in current:
+            status, _, body = await fetch(http, "GET", url, headers={**headers, "Range": "bytes=4-"})
+            assert (status, body) == (206, DIGITS[4:]), headers
+        status, _, _ = await fetch(http, "GET", url, headers={"If-Match": etag, "If-None-Match": etag})
+        assert status == 304
+
+    async def test_304_carries_validators_and_cache_control_only(self, run_sidecar, workspace, http):
+        """A 304 has ETag, Last-Modified, Cache-Control (and CORS), not the body's type, length or disposition."""
+        ws = workspace()
+        ws.write("page.html", b"<html>hi</html>")
+        sc = await run_sidecar()
+        url = sc.url("/artifacts/page.html")
+        _, full, _ = await fetch(http, "GET", url)
+        for method in ("GET", "HEAD"):
+            status, headers, body = await fetch(http, method, url, headers={"If-None-Match": full["ETag"]})
+            assert (status, body) == (304, b"")
+            assert (headers["ETag"], headers["Last-Modified"]) == (full["ETag"], full["Last-Modified"])
+            assert headers["Cache-Control"] == "no-cache"
+            assert headers.get("Access-Control-Allow-Origin") == "*"
+            body_headers = ("Content-Type", "Content-Disposition", "Accept-Ranges", "Content-Security-Policy")
+            assert [h for h in body_headers if h in headers] == [], method
+            assert headers.get("Content-Length", "0") == "0"
+
 
 class TestHead:
     async def test_head_has_the_headers_and_no_body(self, run_sidecar, workspace, http):
