@@ -12,11 +12,13 @@ import asyncio
 import contextlib
 import errno
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from asyncinotify import Event, Inotify, Mask, Watch
 
+from sidecar.fsutil import TRANSIENT, backoff
 from sidecar.logs import get_logger
 
 __all__ = ("OVERFLOW", "RootGone", "TreeWatch", "WatchUnavailable")
@@ -26,6 +28,7 @@ log = get_logger("sidecar.dirwatch")
 BATCH_S = 0.005  # events arriving this soon after the first one are handled with it
 MAX_BATCH = 65536
 READ_EVENTS = 1024  # events read per read(2), at most
+SLICE_S = 0.01  # the walk yields to the event loop after this long (a deep path costs its length a step)
 MASK = (
     Mask.CREATE
     | Mask.CLOSE_WRITE
@@ -62,30 +65,51 @@ class TreeWatch:
         except OSError as e:
             raise WatchUnavailable(f"inotify_init1: {e.strerror}") from e
         self.watches: dict[str, Watch] = {}  # directory path -> its watch
+        # watch descriptor -> directory path as a str: Event.path joins pathlib objects, linear in depth
+        # per event in Python code, and the watch's Path keeps the old name when a directory moves.
+        self.dirs: dict[int, str] = {}
+        self.incomplete = False  # a listing failed for a moment (EMFILE...): walk everything again soon
 
     def close(self) -> None:
         self.ino.close()
 
-    def add_tree(self, top: str) -> None:
+    async def add_tree(self, top: str, *, again: bool = False) -> list[str]:
         """Watch top and every directory below it (the watch goes on before the listing, so nothing
-        created in between is missed: it is either listed or reported)."""
+        created in between is missed: it is either listed or reported). Returns the other entries
+        listed, which no event will report. A directory already watched is not walked again unless
+        `again` (after an overflow): what it holds was listed then or reported since. The walk yields
+        to the loop every SLICE_S seconds, so a hostile tree (a chain 10,000 deep) cannot stall it."""
+        root = str(self.root)
+        found: list[str] = []
         stack = [top]
+        slice_end = time.monotonic() + SLICE_S
         while stack:
             path = stack.pop()
-            if path != str(self.root) and self.skip_dir is not None and self.skip_dir(path):
+            if path != root and self.skip_dir is not None and self.skip_dir(path):
                 continue
+            if not again and path in self.watches:
+                continue
+            if time.monotonic() > slice_end:
+                await asyncio.sleep(0)
+                slice_end = time.monotonic() + SLICE_S
             try:
                 watch = self.ino.add_watch(path, MASK)
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.ENOMEM):
                     raise WatchUnavailable(f"inotify_add_watch: {e.strerror} (fs.inotify.max_user_watches)") from e
-                if path == str(self.root):
+                if path == root:
                     raise RootGone(f"{path}: {e.strerror}") from e
-                continue  # gone, not a directory, a symlink, or unreadable: nothing to watch
-            watch.path = Path(path)  # the same directory under a new name keeps its watch descriptor
+                continue  # gone, not a directory, a symlink, unreadable or too long a path: nothing to watch
+            self.dirs[watch.wd] = path  # the same directory under a new name keeps its watch descriptor
             self.watches[path] = watch
-            with contextlib.suppress(OSError), os.scandir(path) as it:
-                stack.extend(d.path for d in it if d.is_dir(follow_symlinks=False))
+            try:
+                with os.scandir(path) as it:
+                    for d in it:
+                        (stack if d.is_dir(follow_symlinks=False) else found).append(d.path)
+            except OSError as e:
+                if e.errno in TRANSIENT:
+                    self.incomplete = True  # out of descriptors: list it again a moment later
+        return found
 
     def _forget(self, top: str) -> None:
         """A directory moved away: drop its watches and those below it (a move inside the tree adds
@@ -93,6 +117,8 @@ class TreeWatch:
         prefix = top + os.sep
         for path in [p for p in self.watches if p == top or p.startswith(prefix)]:
             watch = self.watches.pop(path)
+            if self.dirs.get(watch.wd) == path:
+                del self.dirs[watch.wd]
             with contextlib.suppress(OSError):
                 self.ino.rm_watch(watch)
 
@@ -110,9 +136,26 @@ class TreeWatch:
 
     async def batches(self) -> AsyncIterator[list[str]]:
         """Paths that changed, one batch at a time; a batch holding OVERFLOW means some were lost."""
-        self.add_tree(str(self.root))
+        await self.add_tree(str(self.root))
+        retry = 0
         while True:
-            first = await self.ino.get()
+            if self.incomplete:
+                # A listing failed for want of descriptors or memory: list everything again after a
+                # backoff, and have the caller rescan, even when no event comes meanwhile.
+                retry += 1
+                try:
+                    async with asyncio.timeout(backoff(retry)):
+                        first: Event | None = await self.ino.get()
+                except TimeoutError:
+                    first = None
+                if first is None:
+                    self.incomplete = False
+                    found = await self.add_tree(str(self.root), again=True)
+                    yield [OVERFLOW, *found]
+                    continue
+            else:
+                retry = 0
+                first = await self.ino.get()
             await asyncio.sleep(BATCH_S)
             paths: dict[str, None] = {}
             for ev in self._drain(first):
@@ -120,18 +163,24 @@ class TreeWatch:
                 if Mask.Q_OVERFLOW in mask:
                     log.warning("watch.overflow", root=str(self.root))
                     paths[OVERFLOW] = None
-                    self.add_tree(str(self.root))  # directories created meanwhile were missed too
+                    # directories created meanwhile were missed too
+                    paths.update(dict.fromkeys(await self.add_tree(str(self.root), again=True)))
                     continue
-                if Mask.IGNORED in mask or ev.path is None:
+                watch = ev.watch
+                if Mask.IGNORED in mask or watch is None:
                     continue
-                path = str(ev.path)
+                base = self.dirs.get(watch.wd)
+                if base is None:
+                    continue  # a watch already forgotten (its directory moved away)
+                path = f"{base}{os.sep}{ev.name}" if ev.name is not None else base
                 if Mask.ISDIR in mask:
                     if mask & (Mask.CREATE | Mask.MOVED_TO):
-                        self.add_tree(path)
+                        paths.update(dict.fromkeys(await self.add_tree(path)))
                     elif mask & (Mask.MOVED_FROM | Mask.DELETE):
                         self._forget(path)
                 if Mask.DELETE_SELF in mask:
                     self.watches.pop(path, None)
+                    self.dirs.pop(watch.wd, None)
                     if path == str(self.root):
                         raise RootGone(f"{path} was removed")
                 paths[path] = None
