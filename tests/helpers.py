@@ -256,6 +256,7 @@ def spawn(
     port: int,
     env: dict[str, str],
     log_name: str,
+    preexec: Callable[[], None] | None = None,
 ) -> Sidecar:
     argv = [sys.executable, "-m", "sidecar", mode, *args, "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--log-format", "json"]
@@ -272,6 +273,7 @@ def spawn(
             env=env,
             cwd=workspace.root,
             start_new_session=True,
+            preexec_fn=preexec,  # resource limits for the daemon (what prlimit would do)
         )
     token = None
     for i, a in enumerate(args):
