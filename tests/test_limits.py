@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import resource
 import socket
@@ -13,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from helpers import entry, names, sha256, wait_manifest
+from test_materialize import make_png
 
 IDLE = 300  # idle connections: more than a 128 or 256 descriptor limit holds
 
@@ -120,6 +123,64 @@ class TestDescriptorLimit:
         doc = await wait_manifest(http, sc, lambda d: d["state"] == "final", timeout=15.0)
         assert entry(doc, "late.bin") is not None
         assert entry(doc, "late.bin")["sha256"] == sha256(data)
+
+
+def lowest_free_fd(pid: int) -> int:
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(used) + 1) if n not in used)
+
+
+@contextlib.contextmanager
+def out_of_descriptors(pid: int) -> Iterator[None]:
+    """Squeeze a running process: its soft limit at its lowest free descriptor, so every open, socket
+    and accept fails with EMFILE until the limit is given back."""
+    soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (lowest_free_fd(pid), hard))
+    try:
+        yield
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class TestTemporaryErrors:
+    async def test_emfile_delays_publication_and_persistence_but_loses_nothing(self, run_sidecar, workspace):
+        """Out of descriptors, a new file is not published and a removal not shown (nothing is visible
+        before it is persisted); with descriptors back, both happen, and the state file agrees."""
+        ws = workspace()
+        sc = await run_sidecar()
+        ws.write("old.bin", b"published before\n")
+        data = os.urandom(100_000)
+        connector = aiohttp.TCPConnector(limit=1)  # one keep-alive connection, opened before the squeeze
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as keep:
+            before = await wait_manifest(keep, sc, lambda d: "old.bin" in names(d))
+            with out_of_descriptors(sc.pid):
+                ws.write("new.bin", data)
+                (ws.artifacts / "old.bin").unlink()
+                await asyncio.sleep(1.5)
+                async with keep.get(sc.url("/v1/manifest")) as resp:
+                    during = await resp.json()
+            assert names(during) == ["old.bin"] and during["version"] == before["version"]
+            doc = await wait_manifest(keep, sc, lambda d: names(d) == ["new.bin"], timeout=10.0)
+            async with keep.get(sc.url("/artifacts/new.bin")) as resp:
+                assert sha256(await resp.read()) == sha256(data)
+        state = json.loads((ws.state / "manifest.json").read_bytes())
+        assert state["version"] == doc["version"]
+        assert sc.events("watch.retry_later") or sc.events("manifest.persist_retry")
+
+    async def test_emfile_while_materializing_is_retried_not_refused(self, run_sidecar, workspace, http):
+        """A data URL met while out of descriptors is materialized once they are back, and never listed
+        as rejected (write_failed) meanwhile."""
+        ws = workspace()
+        sc = await run_sidecar()
+        png = make_png(3)
+        src = ws.tool_results / "p" / "s" / "tool-results" / "t.json"
+        src.parent.mkdir(parents=True)
+        with out_of_descriptors(sc.pid):
+            src.write_text(json.dumps({"content": f"data:image/png;base64,{base64.b64encode(png).decode()}"}))
+            await asyncio.sleep(1.5)
+        doc = await wait_manifest(http, sc, lambda d: len(d["artifacts"]) == 1, timeout=10.0)
+        assert doc["artifacts"][0]["sha256"] == sha256(png)
+        assert not doc["rejected"] and not sc.events("datauri.rejected")
 
 
 @pytest.mark.parametrize("soft", [128, 1024, 65536])
