@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from asyncinotify import Event, Inotify, Mask, Watch
 
@@ -69,8 +70,17 @@ class TreeWatch:
         # per event in Python code, and the watch's Path keeps the old name when a directory moves.
         self.dirs: dict[int, str] = {}
         self.incomplete = False  # a listing failed for a moment (EMFILE...): walk everything again soon
+        self.walks: dict[asyncio.Task[None], str] = {}  # add_tree running beside the events, and its top
+        self.found: dict[str, None] = {}  # what they listed, for the next batch
+        self.walked = asyncio.Event()
+        self.walk_error: Exception | None = None
+        self.pending_get: asyncio.Future[Event] | None = None
 
     def close(self) -> None:
+        for task in list(self.walks):
+            task.cancel()
+        if self.pending_get is not None:
+            self.pending_get.cancel()
         self.ino.close()
 
     async def add_tree(self, top: str, *, again: bool = False) -> list[str]:
@@ -87,7 +97,7 @@ class TreeWatch:
             path = stack.pop()
             if path != root and self.skip_dir is not None and self.skip_dir(path):
                 continue
-            if not again and path in self.watches:
+            if not again and self._watched(path):
                 continue
             if time.monotonic() > slice_end:
                 await asyncio.sleep(0)
@@ -111,10 +121,17 @@ class TreeWatch:
                     self.incomplete = True  # out of descriptors: list it again a moment later
         return found
 
+    def _watched(self, path: str) -> bool:
+        watch = self.watches.get(path)
+        return watch is not None and self.dirs.get(watch.wd) == path  # not a name its directory moved from
+
     def _forget(self, top: str) -> None:
         """A directory moved away: drop its watches and those below it (a move inside the tree adds
-        them back under the new name)."""
+        them back under the new name), and stop walking it."""
         prefix = top + os.sep
+        for task, walking in list(self.walks.items()):
+            if walking == top or walking.startswith(prefix):
+                task.cancel()
         for path in [p for p in self.watches if p == top or p.startswith(prefix)]:
             watch = self.watches.pop(path)
             if self.dirs.get(watch.wd) == path:
@@ -134,54 +151,84 @@ class TreeWatch:
             events.append(ev)
         return events
 
+    def _walk(self, top: str, *, again: bool = False) -> None:
+        """add_tree in a task of its own: events (an ordinary file beside a deep tree) are handled while
+        it walks; what it lists comes with a later batch."""
+
+        async def walk() -> None:
+            try:
+                self.found.update(dict.fromkeys(await self.add_tree(top, again=again)))
+            except Exception as e:  # WatchUnavailable, RootGone...: raised by batches()
+                self.walk_error = e
+            self.walked.set()
+
+        task = asyncio.get_running_loop().create_task(walk())
+        self.walks[task] = top
+        task.add_done_callback(self.walks.pop)
+
+    async def _next(self, timeout: float | None) -> Event | None:
+        """The next inotify event, or None when a walk finished (or the timeout passed) first."""
+        if self.pending_get is None:
+            self.pending_get = asyncio.ensure_future(self.ino.get())
+        walked = asyncio.ensure_future(self.walked.wait())
+        waits: set[asyncio.Future[Any]] = {self.pending_get, walked}
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            walked.cancel()
+        if not self.pending_get.done():
+            return None
+        got, self.pending_get = self.pending_get, None
+        return got.result()
+
     async def batches(self) -> AsyncIterator[list[str]]:
         """Paths that changed, one batch at a time; a batch holding OVERFLOW means some were lost."""
         await self.add_tree(str(self.root))
         retry = 0
         while True:
-            if self.incomplete:
-                # A listing failed for want of descriptors or memory: list everything again after a
-                # backoff, and have the caller rescan, even when no event comes meanwhile.
-                retry += 1
-                try:
-                    async with asyncio.timeout(backoff(retry)):
-                        first: Event | None = await self.ino.get()
-                except TimeoutError:
-                    first = None
-                if first is None:
-                    self.incomplete = False
-                    found = await self.add_tree(str(self.root), again=True)
-                    yield [OVERFLOW, *found]
-                    continue
-            else:
-                retry = 0
-                first = await self.ino.get()
-            await asyncio.sleep(BATCH_S)
             paths: dict[str, None] = {}
-            for ev in self._drain(first):
-                mask = ev.mask
-                if Mask.Q_OVERFLOW in mask:
-                    log.warning("watch.overflow", root=str(self.root))
-                    paths[OVERFLOW] = None
-                    # directories created meanwhile were missed too
-                    paths.update(dict.fromkeys(await self.add_tree(str(self.root), again=True)))
-                    continue
-                watch = ev.watch
-                if Mask.IGNORED in mask or watch is None:
-                    continue
-                base = self.dirs.get(watch.wd)
-                if base is None:
-                    continue  # a watch already forgotten (its directory moved away)
-                path = f"{base}{os.sep}{ev.name}" if ev.name is not None else base
-                if Mask.ISDIR in mask:
-                    if mask & (Mask.CREATE | Mask.MOVED_TO):
-                        paths.update(dict.fromkeys(await self.add_tree(path)))
-                    elif mask & (Mask.MOVED_FROM | Mask.DELETE):
-                        self._forget(path)
-                if Mask.DELETE_SELF in mask:
-                    self.watches.pop(path, None)
-                    self.dirs.pop(watch.wd, None)
-                    if path == str(self.root):
-                        raise RootGone(f"{path} was removed")
-                paths[path] = None
-            yield list(paths)
+            # A listing failed for want of descriptors or memory: list everything again after a
+            # backoff, and have the caller rescan, even when no event comes meanwhile.
+            retry = retry + 1 if self.incomplete else 0
+            first = await self._next(backoff(retry) if retry else None)
+            if self.walk_error is not None:
+                raise self.walk_error
+            if first is None and self.incomplete and not self.walked.is_set():
+                self.incomplete = False
+                paths[OVERFLOW] = None
+                self._walk(str(self.root), again=True)
+            self.walked.clear()
+            paths.update(self.found)
+            self.found.clear()
+            if first is not None:
+                await asyncio.sleep(BATCH_S)
+                self._events(first, paths)
+            if paths:
+                yield list(paths)
+
+    def _events(self, first: Event, paths: dict[str, None]) -> None:
+        for ev in self._drain(first):
+            mask = ev.mask
+            if Mask.Q_OVERFLOW in mask:
+                log.warning("watch.overflow", root=str(self.root))
+                paths[OVERFLOW] = None
+                self._walk(str(self.root), again=True)  # directories created meanwhile were missed too
+                continue
+            watch = ev.watch
+            if Mask.IGNORED in mask or watch is None:
+                continue
+            base = self.dirs.get(watch.wd)
+            if base is None:
+                continue  # a watch already forgotten (its directory moved away)
+            path = f"{base}{os.sep}{ev.name}" if ev.name is not None else base
+            if Mask.ISDIR in mask:
+                if mask & (Mask.CREATE | Mask.MOVED_TO):
+                    self._walk(path)
+                elif mask & (Mask.MOVED_FROM | Mask.DELETE):
+                    self._forget(path)
+            if Mask.DELETE_SELF in mask:
+                self.watches.pop(path, None)
+                self.dirs.pop(watch.wd, None)
+                if path == str(self.root):
+                    raise RootGone(f"{path} was removed")
+            paths[path] = None

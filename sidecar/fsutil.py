@@ -157,7 +157,11 @@ def lstat_beneath(root: Path, rel: str, plain_dirs: dict[str, bool] | None = Non
     Transient when a temporary error (EMFILE...) left the question open: that is not a removal."""
     parts = rel.split("/")
     if len(parts) > _SHALLOW:
-        return _lstat_deep(root, parts)
+        cursor = _DeepCursor(root)
+        try:
+            return cursor.lstat(parts)
+        finally:
+            cursor.close()
     known = plain_dirs if plain_dirs is not None else {}
     for i in range(1, len(parts)):
         parent = "/".join(parts[:i])
@@ -183,27 +187,46 @@ def _raise_transient(e: OSError) -> None:
         raise Transient(e.errno, e.strerror, e.filename) from e
 
 
-def _lstat_deep(root: Path, parts: list[str]) -> os.stat_result | None:
-    """lstat_beneath for a deep name: one openat a component (linear in depth, where checking every
-    parent by its full path is quadratic, and fails past PATH_MAX)."""
-    try:
-        dfd = os.open(root, _DIR_FLAGS)
-    except OSError as e:
-        _raise_transient(e)
-        return None
-    try:
-        for part in parts[:-1]:
-            nfd = os.open(part, _DIR_FLAGS, dir_fd=dfd)
-            os.close(dfd)
-            dfd = nfd
-        return os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
-    except OSError as e:
-        _raise_transient(e)
-        return None
-    finally:
-        os.close(dfd)
+class _DeepCursor:
+    """lstat beneath root for deep names, one openat a component (linear in depth, where checking every
+    parent by its full path is quadratic, and fails past PATH_MAX). It keeps the last parent directory
+    open: the events of a chain being made name one level more each time, so each costs one step."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.parts: list[str] = []
+        self.fd = -1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def lstat(self, parts: list[str]) -> os.stat_result | None:
+        parent = parts[:-1]
+        try:
+            if self.fd < 0 or parent[: len(self.parts)] != self.parts:
+                self.close()
+                self.fd, self.parts = os.open(self.root, _DIR_FLAGS), []
+            for part in parent[len(self.parts) :]:
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=self.fd)
+                os.close(self.fd)
+                self.fd = nfd
+                self.parts.append(part)
+            return os.stat(parts[-1], dir_fd=self.fd, follow_symlinks=False)
+        except OSError as e:
+            self.close()
+            _raise_transient(e)
+            return None
 
 
 def lstat_many(root: Path, rels: list[str]) -> list[os.stat_result | None]:
     plain_dirs: dict[str, bool] = {}
-    return [lstat_beneath(root, rel, plain_dirs) for rel in rels]
+    cursor = _DeepCursor(root)
+    try:
+        return [
+            cursor.lstat(parts) if len(parts := rel.split("/")) > _SHALLOW else lstat_beneath(root, rel, plain_dirs)
+            for rel in rels
+        ]
+    finally:
+        cursor.close()
