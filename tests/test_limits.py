@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from helpers import entry, names, sha256, wait_manifest
+from helpers import entry, names, sha256, wait_for, wait_manifest
 from test_materialize import make_png
 
 IDLE = 300  # idle connections: more than a 128 or 256 descriptor limit holds
@@ -181,6 +181,20 @@ class TestTemporaryErrors:
         doc = await wait_manifest(http, sc, lambda d: len(d["artifacts"]) == 1, timeout=10.0)
         assert doc["artifacts"][0]["sha256"] == sha256(png)
         assert not doc["rejected"] and not sc.events("datauri.rejected")
+
+    async def test_pusher_survives_an_acknowledgement_it_cannot_persist(self, run_sidecar, workspace, run_ui):
+        """A push acknowledged while out of descriptors (over a kept-alive connection) cannot be written
+        to push.json: the pusher carries on, and a file published later is pushed too."""
+        ws = workspace()
+        ui = await run_ui(503, retry_after="2")  # the first push waits 2 s: the squeeze starts meanwhile
+        sc = await run_sidecar("--ui-push-url", ui.url)
+        ws.write("first.txt", b"first\n")
+        await wait_for(lambda: ui.requests, timeout=10.0)
+        with out_of_descriptors(sc.pid):
+            await wait_for(ui.acked, timeout=10.0)  # the retry, acknowledged; its persist fails
+            await asyncio.sleep(0.5)
+        ws.write("second.txt", b"second\n")
+        await wait_for(lambda: any("second.txt" in json.dumps(p.body) for p in ui.acked()), timeout=10.0)
 
 
 @pytest.mark.parametrize("soft", [128, 1024, 65536])
