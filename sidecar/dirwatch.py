@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import errno
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from asyncinotify import Event, Inotify, Mask, Watch
 
+from sidecar.fsutil import TRANSIENT, backoff
 from sidecar.logs import get_logger
 
 __all__ = ("OVERFLOW", "RootGone", "TreeWatch", "WatchUnavailable")
@@ -26,6 +29,7 @@ log = get_logger("sidecar.dirwatch")
 BATCH_S = 0.005  # events arriving this soon after the first one are handled with it
 MAX_BATCH = 65536
 READ_EVENTS = 1024  # events read per read(2), at most
+SLICE_S = 0.01  # the walk yields to the event loop after this long (a deep path costs its length a step)
 MASK = (
     Mask.CREATE
     | Mask.CLOSE_WRITE
@@ -62,37 +66,76 @@ class TreeWatch:
         except OSError as e:
             raise WatchUnavailable(f"inotify_init1: {e.strerror}") from e
         self.watches: dict[str, Watch] = {}  # directory path -> its watch
+        # watch descriptor -> directory path as a str: Event.path joins pathlib objects, linear in depth
+        # per event in Python code, and the watch's Path keeps the old name when a directory moves.
+        self.dirs: dict[int, str] = {}
+        self.incomplete = False  # a listing failed for a moment (EMFILE...): walk everything again soon
+        self.walks: dict[asyncio.Task[None], str] = {}  # add_tree running beside the events, and its top
+        self.found: dict[str, None] = {}  # what they listed, for the next batch
+        self.walked = asyncio.Event()
+        self.walk_error: Exception | None = None
+        self.pending_get: asyncio.Future[Event] | None = None
 
     def close(self) -> None:
+        for task in list(self.walks):
+            task.cancel()
+        if self.pending_get is not None:
+            self.pending_get.cancel()
         self.ino.close()
 
-    def add_tree(self, top: str) -> None:
+    async def add_tree(self, top: str, *, again: bool = False) -> list[str]:
         """Watch top and every directory below it (the watch goes on before the listing, so nothing
-        created in between is missed: it is either listed or reported)."""
+        created in between is missed: it is either listed or reported). Returns the other entries
+        listed, which no event will report. A directory already watched is not walked again unless
+        `again` (after an overflow): what it holds was listed then or reported since. The walk yields
+        to the loop every SLICE_S seconds, so a hostile tree (a chain 10,000 deep) cannot stall it."""
+        root = str(self.root)
+        found: list[str] = []
         stack = [top]
+        slice_end = time.monotonic() + SLICE_S
         while stack:
             path = stack.pop()
-            if path != str(self.root) and self.skip_dir is not None and self.skip_dir(path):
+            if path != root and self.skip_dir is not None and self.skip_dir(path):
                 continue
+            if not again and self._watched(path):
+                continue
+            if time.monotonic() > slice_end:
+                await asyncio.sleep(0)
+                slice_end = time.monotonic() + SLICE_S
             try:
                 watch = self.ino.add_watch(path, MASK)
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.ENOMEM):
                     raise WatchUnavailable(f"inotify_add_watch: {e.strerror} (fs.inotify.max_user_watches)") from e
-                if path == str(self.root):
+                if path == root:
                     raise RootGone(f"{path}: {e.strerror}") from e
-                continue  # gone, not a directory, a symlink, or unreadable: nothing to watch
-            watch.path = Path(path)  # the same directory under a new name keeps its watch descriptor
+                continue  # gone, not a directory, a symlink, unreadable or too long a path: nothing to watch
+            self.dirs[watch.wd] = path  # the same directory under a new name keeps its watch descriptor
             self.watches[path] = watch
-            with contextlib.suppress(OSError), os.scandir(path) as it:
-                stack.extend(d.path for d in it if d.is_dir(follow_symlinks=False))
+            try:
+                with os.scandir(path) as it:
+                    for d in it:
+                        (stack if d.is_dir(follow_symlinks=False) else found).append(d.path)
+            except OSError as e:
+                if e.errno in TRANSIENT:
+                    self.incomplete = True  # out of descriptors: list it again a moment later
+        return found
+
+    def _watched(self, path: str) -> bool:
+        watch = self.watches.get(path)
+        return watch is not None and self.dirs.get(watch.wd) == path  # not a name its directory moved from
 
     def _forget(self, top: str) -> None:
         """A directory moved away: drop its watches and those below it (a move inside the tree adds
-        them back under the new name)."""
+        them back under the new name), and stop walking it."""
         prefix = top + os.sep
+        for task, walking in list(self.walks.items()):
+            if walking == top or walking.startswith(prefix):
+                task.cancel()
         for path in [p for p in self.watches if p == top or p.startswith(prefix)]:
             watch = self.watches.pop(path)
+            if self.dirs.get(watch.wd) == path:
+                del self.dirs[watch.wd]
             with contextlib.suppress(OSError):
                 self.ino.rm_watch(watch)
 
@@ -108,31 +151,84 @@ class TreeWatch:
             events.append(ev)
         return events
 
+    def _walk(self, top: str, *, again: bool = False) -> None:
+        """add_tree in a task of its own: events (an ordinary file beside a deep tree) are handled while
+        it walks; what it lists comes with a later batch."""
+
+        async def walk() -> None:
+            try:
+                self.found.update(dict.fromkeys(await self.add_tree(top, again=again)))
+            except Exception as e:  # WatchUnavailable, RootGone...: raised by batches()
+                self.walk_error = e
+            self.walked.set()
+
+        task = asyncio.get_running_loop().create_task(walk())
+        self.walks[task] = top
+        task.add_done_callback(self.walks.pop)
+
+    async def _next(self, timeout: float | None) -> Event | None:
+        """The next inotify event, or None when a walk finished (or the timeout passed) first."""
+        if self.pending_get is None:
+            self.pending_get = asyncio.ensure_future(self.ino.get())
+        walked = asyncio.ensure_future(self.walked.wait())
+        waits: set[asyncio.Future[Any]] = {self.pending_get, walked}
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            walked.cancel()
+        if not self.pending_get.done():
+            return None
+        got, self.pending_get = self.pending_get, None
+        return got.result()
+
     async def batches(self) -> AsyncIterator[list[str]]:
         """Paths that changed, one batch at a time; a batch holding OVERFLOW means some were lost."""
-        self.add_tree(str(self.root))
+        await self.add_tree(str(self.root))
+        retry = 0
         while True:
-            first = await self.ino.get()
-            await asyncio.sleep(BATCH_S)
             paths: dict[str, None] = {}
-            for ev in self._drain(first):
-                mask = ev.mask
-                if Mask.Q_OVERFLOW in mask:
-                    log.warning("watch.overflow", root=str(self.root))
-                    paths[OVERFLOW] = None
-                    self.add_tree(str(self.root))  # directories created meanwhile were missed too
-                    continue
-                if Mask.IGNORED in mask or ev.path is None:
-                    continue
-                path = str(ev.path)
-                if Mask.ISDIR in mask:
-                    if mask & (Mask.CREATE | Mask.MOVED_TO):
-                        self.add_tree(path)
-                    elif mask & (Mask.MOVED_FROM | Mask.DELETE):
-                        self._forget(path)
-                if Mask.DELETE_SELF in mask:
-                    self.watches.pop(path, None)
-                    if path == str(self.root):
-                        raise RootGone(f"{path} was removed")
-                paths[path] = None
-            yield list(paths)
+            # A listing failed for want of descriptors or memory: list everything again after a
+            # backoff, and have the caller rescan, even when no event comes meanwhile.
+            retry = retry + 1 if self.incomplete else 0
+            first = await self._next(backoff(retry) if retry else None)
+            if self.walk_error is not None:
+                raise self.walk_error
+            if first is None and self.incomplete and not self.walked.is_set():
+                self.incomplete = False
+                paths[OVERFLOW] = None
+                self._walk(str(self.root), again=True)
+            self.walked.clear()
+            paths.update(self.found)
+            self.found.clear()
+            if first is not None:
+                await asyncio.sleep(BATCH_S)
+                self._events(first, paths)
+            if paths:
+                yield list(paths)
+
+    def _events(self, first: Event, paths: dict[str, None]) -> None:
+        for ev in self._drain(first):
+            mask = ev.mask
+            if Mask.Q_OVERFLOW in mask:
+                log.warning("watch.overflow", root=str(self.root))
+                paths[OVERFLOW] = None
+                self._walk(str(self.root), again=True)  # directories created meanwhile were missed too
+                continue
+            watch = ev.watch
+            if Mask.IGNORED in mask or watch is None:
+                continue
+            base = self.dirs.get(watch.wd)
+            if base is None:
+                continue  # a watch already forgotten (its directory moved away)
+            path = f"{base}{os.sep}{ev.name}" if ev.name is not None else base
+            if Mask.ISDIR in mask:
+                if mask & (Mask.CREATE | Mask.MOVED_TO):
+                    self._walk(path)
+                elif mask & (Mask.MOVED_FROM | Mask.DELETE):
+                    self._forget(path)
+            if Mask.DELETE_SELF in mask:
+                self.watches.pop(path, None)
+                self.dirs.pop(watch.wd, None)
+                if path == str(self.root):
+                    raise RootGone(f"{path} was removed")
+            paths[path] = None

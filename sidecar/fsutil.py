@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import hashlib
 import os
+import random
 import stat
 import threading
 from collections.abc import Iterator
@@ -13,9 +14,13 @@ from pathlib import Path
 from sidecar.beneath import open_dir_nofollow, open_regular_beneath
 
 __all__ = (
+    "TRANSIENT",
     "Signature",
+    "Transient",
     "atomic_write_bytes",
+    "backoff",
     "hash_beneath",
+    "is_transient",
     "list_tree",
     "lstat_beneath",
     "lstat_many",
@@ -25,6 +30,25 @@ __all__ = (
 )
 
 Signature = tuple[int, int, int, int]  # (inode, size, mtime_ns, ctime_ns): any write changes one of them
+
+_DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
+# Errors that say "not now" rather than "not this file" (SPEC 9): out of descriptors or memory, a
+# flaky disk. What hits one is tried again later, never remembered as a failure.
+TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS, errno.EIO, errno.EAGAIN})
+_SHALLOW = 32  # up to this depth lstat_beneath checks parents by path (cached); deeper, with dir fds
+
+
+class Transient(OSError):
+    """A temporary failure (see TRANSIENT) that the caller must retry, not treat as an answer."""
+
+
+def is_transient(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in TRANSIENT
+
+
+def backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
+    """Seconds to wait before retry number `attempt` (1, 2, ...): exponential, capped, with jitter."""
+    return min(cap, base * 2.0 ** min(attempt - 1, 16)) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
 
 
 def signature(st: os.stat_result) -> Signature:
@@ -68,10 +92,13 @@ def open_beneath(root: Path, name: str) -> int:
 
 
 def hash_beneath(root: Path, name: str, expected: Signature | None) -> tuple[str, os.stat_result] | None:
-    """SHA-256 of root/name if it is a regular file that did not change while it was read, else None."""
+    """SHA-256 of root/name if it is a regular file that did not change while it was read, else None.
+    Raises Transient when a temporary error (EMFILE...) left the question open."""
     try:
         fd = open_beneath(root, name)
-    except OSError:
+    except OSError as e:
+        if is_transient(e):
+            raise Transient(e.errno, e.strerror, name) from e
         return None
     try:
         before = os.fstat(fd)
@@ -85,28 +112,39 @@ def hash_beneath(root: Path, name: str, expected: Signature | None) -> tuple[str
         if signature(after) != signature(before):
             return None
         return h.hexdigest(), after
-    except OSError:
+    except OSError as e:
+        if is_transient(e):
+            raise Transient(e.errno, e.strerror, name) from e
         return None
     finally:
         os.close(fd)
 
 
 def walk_tree(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    """(relative POSIX name, lstat) of everything below root; symlinked directories are not entered."""
+    """(relative POSIX name, lstat) of everything below root; symlinked directories are not entered.
+
+    Raises Transient when a directory could not be listed for want of descriptors or memory: a partial
+    listing would look like removals."""
     stack = [""]
     while stack:
         rel = stack.pop()
         base = os.path.join(root, rel) if rel else str(root)
-        with contextlib.suppress(OSError), os.scandir(base) as it:
-            for de in it:
-                name = f"{rel}/{de.name}" if rel else de.name
-                try:
-                    st = de.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                yield name, st
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(name)
+        try:
+            with os.scandir(base) as it:
+                for de in it:
+                    name = f"{rel}/{de.name}" if rel else de.name
+                    try:
+                        st = de.stat(follow_symlinks=False)
+                    except OSError as e:
+                        if is_transient(e):
+                            raise
+                        continue
+                    yield name, st
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(name)
+        except OSError as e:
+            if is_transient(e):
+                raise Transient(e.errno, e.strerror, base) from e
 
 
 def list_tree(root: Path) -> list[tuple[str, os.stat_result]]:
@@ -115,8 +153,15 @@ def list_tree(root: Path) -> list[tuple[str, os.stat_result]]:
 
 def lstat_beneath(root: Path, rel: str, plain_dirs: dict[str, bool] | None = None) -> os.stat_result | None:
     """lstat of root/rel, or None when it is missing or any directory on the way is not a plain one (a
-    symlinked directory is never entered, whatever a watcher that follows links reports)."""
+    symlinked directory is never entered, whatever a watcher that follows links reports). Raises
+    Transient when a temporary error (EMFILE...) left the question open: that is not a removal."""
     parts = rel.split("/")
+    if len(parts) > _SHALLOW:
+        cursor = _DeepCursor(root)
+        try:
+            return cursor.lstat(parts)
+        finally:
+            cursor.close()
     known = plain_dirs if plain_dirs is not None else {}
     for i in range(1, len(parts)):
         parent = "/".join(parts[:i])
@@ -124,17 +169,64 @@ def lstat_beneath(root: Path, rel: str, plain_dirs: dict[str, bool] | None = Non
         if ok is None:
             try:
                 ok = stat.S_ISDIR(os.lstat(os.path.join(root, parent)).st_mode)
-            except OSError:
+            except OSError as e:
+                _raise_transient(e)
                 ok = False
             known[parent] = ok
         if not ok:
             return None
     try:
         return os.lstat(os.path.join(root, rel))
-    except OSError:
+    except OSError as e:
+        _raise_transient(e)
         return None
+
+
+def _raise_transient(e: OSError) -> None:
+    if e.errno in TRANSIENT:
+        raise Transient(e.errno, e.strerror, e.filename) from e
+
+
+class _DeepCursor:
+    """lstat beneath root for deep names, one openat a component (linear in depth, where checking every
+    parent by its full path is quadratic, and fails past PATH_MAX). It keeps the last parent directory
+    open: the events of a chain being made name one level more each time, so each costs one step."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.parts: list[str] = []
+        self.fd = -1
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def lstat(self, parts: list[str]) -> os.stat_result | None:
+        parent = parts[:-1]
+        try:
+            if self.fd < 0 or parent[: len(self.parts)] != self.parts:
+                self.close()
+                self.fd, self.parts = os.open(self.root, _DIR_FLAGS), []
+            for part in parent[len(self.parts) :]:
+                nfd = os.open(part, _DIR_FLAGS, dir_fd=self.fd)
+                os.close(self.fd)
+                self.fd = nfd
+                self.parts.append(part)
+            return os.stat(parts[-1], dir_fd=self.fd, follow_symlinks=False)
+        except OSError as e:
+            self.close()
+            _raise_transient(e)
+            return None
 
 
 def lstat_many(root: Path, rels: list[str]) -> list[os.stat_result | None]:
     plain_dirs: dict[str, bool] = {}
-    return [lstat_beneath(root, rel, plain_dirs) for rel in rels]
+    cursor = _DeepCursor(root)
+    try:
+        return [
+            cursor.lstat(parts) if len(parts := rel.split("/")) > _SHALLOW else lstat_beneath(root, rel, plain_dirs)
+            for rel in rels
+        ]
+    finally:
+        cursor.close()

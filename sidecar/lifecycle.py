@@ -13,6 +13,7 @@ from aiohttp import web
 
 from sidecar.config import Settings
 from sidecar.deliveries import Deliveries
+from sidecar.limits import CappedSite, connection_cap, install_accept_log, raise_nofile
 from sidecar.logs import get_logger
 from sidecar.manifest import ManifestStore
 from sidecar.metrics import Metrics
@@ -137,6 +138,8 @@ class Sidecar:
 
     async def run(self) -> int:
         s = self.settings
+        nofile = raise_nofile()
+        install_accept_log(asyncio.get_running_loop())
         s.artifacts_dir.mkdir(parents=True, exist_ok=True)
         self._guard_secrets()
         await asyncio.to_thread(self.store.load)
@@ -147,10 +150,11 @@ class Sidecar:
             app, handle_signals=False, access_log=None, shutdown_timeout=DRAIN_S, keepalive_timeout=30
         )
         await runner.setup()
-        site = web.TCPSite(runner, s.host, s.port, reuse_address=True, backlog=1024)
+        cap = connection_cap(nofile)
+        site = CappedSite(runner, s.host, s.port, cap=cap, reuse_address=True, backlog=1024)
         await site.start()
         port = self._bound_port(runner) or s.port
-        log.info("http.listening", host=s.host, port=port, url=f"http://{s.host}:{port}")
+        log.info("http.listening", host=s.host, port=port, url=f"http://{s.host}:{port}", max_connections=cap)
         if s.auth_token is None and not is_loopback_host(s.host):
             log.warning(
                 "security.open",

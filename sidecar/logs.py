@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ("configure_logging", "get_logger")
+__all__ = ("Throttle", "configure_logging", "get_logger")
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -65,3 +66,22 @@ def configure_logging(*, fmt: str, level: str, log_file: Path | None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
+
+
+class Throttle:
+    """At most one log line per `interval` seconds; the next line says how many were left out."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.last = -float("inf")
+        self.suppressed = 0
+
+    def hit(self) -> int | None:
+        """None: stay quiet. A number: log now, and say that many were left out since the last line."""
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return None
+        self.last = now
+        left_out, self.suppressed = self.suppressed, 0
+        return left_out

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from sidecar.fsutil import atomic_write_bytes
+from sidecar.fsutil import atomic_write_bytes, backoff, is_transient
+from sidecar.logs import Throttle, get_logger
 from sidecar.media import artifact_type, mime_from_name, needs_sandbox
 from sidecar.security import encode_path, is_publishable_name, signed_query
 
@@ -34,6 +35,7 @@ __all__ = (
 
 State = Literal["running", "finalizing", "final"]
 STATE_FILE = "manifest.json"
+log = get_logger("sidecar.manifest")
 CHANGE_LOG = 512  # batches kept for SSE resume (SPEC 5 asks for at least the last 256 changes)
 
 
@@ -242,6 +244,7 @@ class ManifestStore:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._cache: tuple[int, float, bytes] | None = None
+        self._throttle = Throttle()
         # Object-storage offload (SPEC 11) plugs in here; the store itself never talks to a store.
         self.storage_url: Callable[[str], str | None] | None = None  # sha256 -> presigned GET URL
         self.push_hold: Callable[[str], bool] | None = None  # sha256 -> keep it from cache-mode pushes for now
@@ -351,7 +354,7 @@ class ManifestStore:
                 return None
             version = self.version + steps
             doc = json.dumps(self._state_doc(version, entries, rejected, new_state)).encode()
-            await asyncio.to_thread(atomic_write_bytes, self.state_dir / STATE_FILE, doc)
+            await self._persist(doc)
             state_changed = new_state != self.state
             self.entries, self.rejected, self.state = entries, rejected, new_state
             if steps == 0:
@@ -362,6 +365,23 @@ class ManifestStore:
             self._cache = None
             self.poke()
             return change
+
+    async def _persist(self, doc: bytes) -> None:
+        """Write the state file; a temporary error (EMFILE, ENOMEM, EIO...) is retried after a backoff,
+        under the lock: nothing becomes visible before it is on disk (SPEC 9: delayed, never lost)."""
+        attempt = 0
+        while True:
+            try:
+                await asyncio.to_thread(atomic_write_bytes, self.state_dir / STATE_FILE, doc)
+                return
+            except OSError as e:
+                if not is_transient(e):
+                    raise
+                attempt += 1
+                left_out = self._throttle.hit()
+                if left_out is not None:
+                    log.warning("manifest.persist_retry", error=e.strerror, attempt=attempt, suppressed=left_out)
+                await asyncio.sleep(backoff(attempt))
 
     def poke(self) -> None:
         """Wake every `wait_change`: after a new version, and without one (the pusher: a held entry was

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Literal, TextIO
 
 from sidecar.beneath import open_dir_nofollow
 from sidecar.datauri import type_matches
+from sidecar.fsutil import is_transient
 from sidecar.media import SNIFF_BYTES, extension_for, is_complete, is_complete_bytes, sniff
 from sidecar.scanner import Decoded, Dropped, Ended, Found, Scanner
 
@@ -70,6 +71,7 @@ class Outcome:
     reason: str | None = None  # invalid_base64 | empty | too_large | truncated
     detail: str | None = None
     size_bytes: int | None = None
+    transient: bool = False  # write_failed for want of descriptors or memory (EMFILE...): try again later
 
     def to_record(self) -> dict[str, object]:
         """The JSON object `sidecar materialize` prints for it (SPEC 1), plus the extra fields."""
@@ -378,6 +380,7 @@ def _failed_writes(
                 reason="write_failed",
                 detail=f"the artifact could not be written: {error.strerror or error}",
                 size_bytes=o.size_bytes,
+                transient=is_transient(error),
             )
     gone = {f"/artifacts/{name}".encode() for name in failed}
     return [e for e in edits if e[2] not in gone]
@@ -443,7 +446,14 @@ def _settle(path: Path, found: Found, ended: Ended, sink: _Sink, settings: Setti
 def _write_failed(path: Path, ended: Ended, sink: _Sink, mime: str | None, error: OSError) -> Outcome:
     detail = f"the artifact could not be written: {error.strerror or error}"
     return Outcome(
-        path, ended.offset, "rejected", mime_type=mime, reason="write_failed", detail=detail, size_bytes=sink.size
+        path,
+        ended.offset,
+        "rejected",
+        mime_type=mime,
+        reason="write_failed",
+        detail=detail,
+        size_bytes=sink.size,
+        transient=is_transient(error),
     )
 
 

@@ -14,7 +14,7 @@ import aiohttp
 from sidecar.config import Settings
 from sidecar.deliveries import Deliveries
 from sidecar.fsutil import atomic_write_bytes
-from sidecar.logs import get_logger
+from sidecar.logs import Throttle, get_logger
 from sidecar.manifest import ManifestStore
 from sidecar.metrics import Metrics
 from sidecar.numbers import ascii_uint
@@ -75,6 +75,7 @@ class Pusher:
         self.acked: dict[str, str] = {}  # cache mode: name -> sha256 the UI acknowledged
         self.failed: set[str] = set()  # Idempotency-Keys refused with a 4xx: never retried
         self.rng = random.Random()  # noqa: S311 - jitter, not cryptography
+        self._throttle = Throttle()  # one persist_failed line a second at most
         self._stopping = False
         # cache mode: names changed since they were last looked at, oldest first (the newest is pushed first)
         self._queue: dict[str, None] = {}
@@ -115,7 +116,14 @@ class Pusher:
         """Write the acknowledgements, at most every SAVE_EVERY_S unless forced. A SIGKILL in between only
         means a few pushes are repeated after restart, with the same Idempotency-Key."""
         if self._dirty and (force or time.monotonic() - self._saved_at >= SAVE_EVERY_S):
-            await asyncio.to_thread(self._save, *self._snapshot())
+            try:
+                await asyncio.to_thread(self._save, *self._snapshot())
+            except OSError as e:
+                # Out of descriptors, or a full disk: the acknowledgements stay in memory and are written
+                # next time. Raising here ended the pusher task: no push after it, not even the final one.
+                self._dirty = True
+                if self._throttle.hit() is not None:
+                    log.warning("push.persist_failed", error=e.strerror, errno=e.errno)
 
     def flush(self) -> None:
         """The last write at exit (blocking; the loop is shutting down)."""

@@ -7,6 +7,7 @@ import functools
 import hashlib
 import hmac
 import ipaddress
+import re
 import time
 from urllib.parse import quote, unquote_to_bytes
 
@@ -28,6 +29,9 @@ __all__ = (
 # Writers use these while a file is being written; they are never published (SPEC 3).
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".swp", "~")
 
+_EMPTY_OR_DOT = re.compile(r"(?:^|/)(?:[./]|$)")
+_UNSPELLABLE = re.compile(r"[\x00-\x1f\x7f\\]")
+
 # RFC 3986 pchar minus the characters that break markdown, HTML attributes and shells: ' ( ) *
 _PATH_SAFE = "-._~!$&+,;=:@"
 
@@ -39,15 +43,12 @@ def encode_path(name: str) -> str:
 
 def is_publishable_name(name: str) -> bool:
     """True when a relative POSIX name may ever be published: no dot component, no temp suffix."""
-    if not name or name.startswith("/"):
+    # Regular expressions, not a loop a character: names can be thousands of levels deep (SPEC 9).
+    # An empty or dot component; a name that no request path can spell (backslash, control characters)
+    # would be listed but never served.
+    if not name or _EMPTY_OR_DOT.search(name) or _UNSPELLABLE.search(name):
         return False
-    parts = name.split("/")
-    if any(p in ("", ".", "..") or p.startswith(".") for p in parts):
-        return False
-    # A name that no request path can spell (backslash, control characters) would be listed but never served.
-    if "\\" in name or any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        return False
-    return not parts[-1].endswith(TEMP_SUFFIXES)
+    return not name.endswith(TEMP_SUFFIXES)
 
 
 def name_from_raw_path(raw_path: str) -> str | None:

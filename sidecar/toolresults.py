@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from sidecar.config import Settings
-from sidecar.fsutil import Signature, list_tree, signature
-from sidecar.logs import get_logger
+from sidecar.fsutil import Signature, Transient, backoff, is_transient, list_tree, signature
+from sidecar.logs import Throttle, get_logger
 from sidecar.manifest import ManifestStore, Rejected
 from sidecar.metrics import Metrics
 from sidecar.watcher import ArtifactWatcher, Provenance, Settler, watch_forever
@@ -68,6 +68,8 @@ class ToolResultsWatcher:
         self.settler = Settler(settings.settle_s)
         self.done: dict[str, Signature] = {}  # what each file looked like after we processed (and maybe rewrote) it
         self.busy = 0
+        self.attempts: dict[str, int] = {}  # sources a temporary error (EMFILE...) kept from being processed
+        self.throttle = Throttle()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -112,8 +114,18 @@ class ToolResultsWatcher:
             self.settler.offer(path, st)
 
     async def scan_root(self, root: Path, below: Path | None = None) -> None:
+        """Offer every matching file; a listing cut short by a temporary error is tried again after a
+        backoff (out of descriptors, a partial listing would miss files until the next rescan)."""
         base = below or root
-        found = await asyncio.to_thread(list_tree, base)
+        attempt = 0
+        while True:
+            try:
+                found = await asyncio.to_thread(list_tree, base)
+                break
+            except Transient as e:
+                attempt += 1
+                self._note_retry(str(base), e.strerror)
+                await asyncio.sleep(backoff(attempt))
         for rel, st in found:
             path = str(base / rel)
             if stat.S_ISREG(st.st_mode) and self._matches(root, path) and self.done.get(path) != signature(st):
@@ -127,7 +139,7 @@ class ToolResultsWatcher:
     async def _settle_loop(self) -> None:
         while True:
             due = await self.settler.due()
-            for path, sig, _ in due:
+            for path, sig, last_change in due:
                 try:
                     st = os.lstat(path)
                 except OSError:
@@ -137,25 +149,47 @@ class ToolResultsWatcher:
                     continue
                 self.busy += 1
                 try:
-                    await self.process(Path(path))
+                    finished = await self.process(Path(path))
                 except Exception:
                     log.exception("datauri.source_failed", origin=path)
+                    finished = True
                 finally:
                     self.busy -= 1
+                if finished:
+                    self.attempts.pop(path, None)
+                else:  # a temporary error: the same version again after a backoff, not at the next rescan
+                    attempt = self.attempts[path] = self.attempts.get(path, 0) + 1
+                    self.settler.again(path, sig, last_change, backoff(attempt))
 
-    async def process(self, path: Path) -> None:
+    def _note_retry(self, origin: str, error: str | None) -> None:
+        left_out = self.throttle.hit()
+        if left_out is not None:
+            log.warning("datauri.retry_later", origin=origin, reason="temporary", error=error, suppressed=left_out)
+
+    async def process(self, path: Path) -> bool:
+        """Materialize one source file; False when a temporary error (EMFILE...) means it must be
+        processed again soon (its payloads are not refused for it)."""
         from sidecar.materialize import materialize_file  # the scanner is only loaded once a file needs it
 
         try:
             outcomes = await asyncio.to_thread(materialize_file, path, self.settings)
         except OSError as e:
+            if is_transient(e):
+                self._note_retry(str(path), e.strerror)
+                return False
             log.warning("datauri.unreadable", origin=str(path), error=str(e))
-            return
+            return True
         origin = str(path)
-        if any(o.status == "rejected" and o.reason == "write_failed" for o in outcomes):
-            # Not done: the periodic rescan offers it again, so the payloads arrive once there is room.
+        transient = [o for o in outcomes if o.transient]
+        if transient:
+            self._note_retry(origin, transient[0].detail)
+            outcomes = [o for o in outcomes if not o.transient]
+        if transient or any(o.status == "rejected" and o.reason == "write_failed" for o in outcomes):
+            # Not done: offered again (after a backoff when the error was temporary, else at the periodic
+            # rescan), so the payloads arrive once there is room.
             self.done.pop(origin, None)
-            log.warning("datauri.retry_later", origin=origin, reason="write_failed")
+            if not transient:
+                log.warning("datauri.retry_later", origin=origin, reason="write_failed")
         else:
             with contextlib.suppress(OSError):
                 self.done[origin] = signature(os.lstat(path))
@@ -176,6 +210,7 @@ class ToolResultsWatcher:
             k for k, r in self.store.rejected.items() if r.origin == origin and r.offset is not None and k not in keep
         ]
         await self.store.commit(rejected_add=rejected, rejected_remove=stale)
+        return not transient
 
     async def flush(self, timeout: float) -> None:
         """Finalization: scan every root, then wait (bounded) until every stable file was processed."""

@@ -13,12 +13,22 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.dirwatch import OVERFLOW, RootGone, TreeWatch, WatchUnavailable
-from sidecar.fsutil import Signature, hash_beneath, list_tree, lstat_beneath, lstat_many, signature
-from sidecar.logs import get_logger
+from sidecar.fsutil import (
+    Signature,
+    Transient,
+    backoff,
+    hash_beneath,
+    list_tree,
+    lstat_beneath,
+    lstat_many,
+    signature,
+)
+from sidecar.logs import Throttle, get_logger
 from sidecar.manifest import Entry, Identity, ManifestStore, Rejected
 from sidecar.media import mime_from_name
 from sidecar.metrics import Metrics
 from sidecar.security import is_publishable_name
+from sidecar.settle import Settler
 
 __all__ = ("ArtifactWatcher", "Provenance", "Settler", "relevant_name", "watch_forever")
 
@@ -45,10 +55,19 @@ class ArtifactFilter:
 
     def __init__(self, root: Path) -> None:
         self.root = str(root)
+        self.prefix = self.root.rstrip(os.sep) + os.sep
 
     def __call__(self, path: str) -> bool:
-        rel = os.path.relpath(path, self.root)
-        return rel != "." and not rel.startswith("..") and relevant_name(rel.replace(os.sep, "/"))
+        # A prefix cut, not os.path.relpath: that splits both paths, quadratic down a deep chain.
+        rel = relative(path, self.prefix)
+        return rel is not None and relevant_name(rel)
+
+
+def relative(path: str, prefix: str) -> str | None:
+    """The POSIX name of path below prefix (the root with its trailing separator), else None."""
+    if not path.startswith(prefix) or len(path) == len(prefix):
+        return None
+    return path[len(prefix) :].replace(os.sep, "/")
 
 
 def _polling_forced() -> bool:
@@ -121,50 +140,6 @@ async def _poll(
         await handle([path for _, path in changes])
 
 
-@dataclasses.dataclass(slots=True)
-class _Pending:
-    sig: Signature
-    last_change: float  # wall clock: the file's ctime, or when we first saw it if its clock is off
-    due: float
-
-
-class Settler:
-    """Candidates wait here until their signature has been still for `settle` seconds (SPEC 3)."""
-
-    def __init__(self, settle: float) -> None:
-        self.settle = settle
-        self.pending: dict[str, _Pending] = {}
-        self.wake = asyncio.Event()
-
-    def offer(self, key: str, st: os.stat_result) -> None:
-        sig = signature(st)
-        old = self.pending.get(key)
-        if old is not None and old.sig == sig:
-            return
-        now = time.time()
-        last = min(now, st.st_ctime)
-        self.pending[key] = _Pending(sig, last, last + self.settle)
-        self.wake.set()
-
-    def drop(self, key: str) -> None:
-        self.pending.pop(key, None)
-
-    async def due(self) -> list[tuple[str, Signature, float]]:
-        """Wait until some candidate is due; return (key, signature, last change) and forget them."""
-        while True:
-            now = time.time()
-            ready = [(k, p.sig, p.last_change) for k, p in self.pending.items() if p.due <= now]
-            if ready:
-                for k, _, _ in ready:
-                    del self.pending[k]
-                return ready
-            self.wake.clear()
-            timeout = min((p.due for p in self.pending.values()), default=now + 3600) - now
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(timeout, 0.001)):
-                    await self.wake.wait()
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Provenance:
     """Where a materialized data URL came from; applies while the file keeps this content."""
@@ -189,6 +164,9 @@ class ArtifactWatcher:
         self.hashing: set[str] = set()
         self.failed: dict[str, Signature] = {}  # names whose current version could not be hashed
         self.unverified: set[str] = set()  # entries from the state file not hashed again yet
+        self.attempts: dict[str, int] = {}  # names a temporary error (EMFILE...) kept from being hashed
+        self.prefix = str(root).rstrip(os.sep) + os.sep
+        self.throttle = Throttle()
 
     # ---- the long-lived task -------------------------------------------------------
 
@@ -206,19 +184,22 @@ class ArtifactWatcher:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch())
             tg.create_task(self._settle_loop())
-            await self.scan()
+            await self.scan(retry=True)
             self.first_scan.set()
             tg.create_task(self._rescan_loop())
 
     async def _watch(self) -> None:
         # Started before the first scan so that nothing written in between is missed.
-        await watch_forever(self.root, ArtifactFilter(self.root), self.examine, self.scan)
+        await watch_forever(self.root, ArtifactFilter(self.root), self.examine, self._rescan_now)
+
+    async def _rescan_now(self) -> None:
+        await self.scan(retry=True)
 
     async def _rescan_loop(self) -> None:
         while True:
             await asyncio.sleep(self.rescan_interval)
             try:
-                await self.scan()
+                await self.scan(retry=True)
             except Exception:
                 log.exception("watch.rescan_failed")
 
@@ -234,7 +215,10 @@ class ArtifactWatcher:
 
     def nudge(self, name: str) -> None:
         """Someone asked for this name: look at it now, in case an event was missed."""
-        st = lstat_beneath(self.root, name)
+        try:
+            st = lstat_beneath(self.root, name)
+        except Transient:
+            return  # the events and the rescans still see it
         if st is not None and stat.S_ISREG(st.st_mode):
             self._offer(name, st)
 
@@ -251,18 +235,20 @@ class ArtifactWatcher:
         self.settler.offer(name, st)
 
     async def examine(self, paths: Iterable[str]) -> None:
-        """React to watcher events: publish candidates, removals, symlinks, whole new directories."""
+        """React to watcher events: publish candidates, removals, symlinks, directories. A new directory's
+        contents come as paths of their own (TreeWatch lists them; polling reports them)."""
         removals: list[str] = []
         rejected_add: list[Rejected] = []
         rejected_remove: list[str] = []
-        walk_dirs: list[str] = []
-        wanted: list[tuple[str, str]] = []
-        for path in paths:
-            rel = os.path.relpath(path, self.root).replace(os.sep, "/")
-            if rel != "." and not rel.startswith("../") and relevant_name(rel):
-                wanted.append((path, rel))
-        # A burst of events means thousands of lstat calls: they run off the event loop.
-        stats = await asyncio.to_thread(lstat_many, self.root, [rel for _, rel in wanted])
+        # A burst of events means thousands of lstat calls, and names thousands of levels deep cost
+        # their length to check: both off the event loop.
+        try:
+            wanted, stats = await asyncio.to_thread(self._look, list(paths))
+        except Transient as e:
+            # Out of descriptors or memory: "missing" would be a lie. Reconcile once there is room.
+            self._note_retry("examine", e)
+            await self.scan(retry=True)
+            return
         for (path, rel), st in zip(wanted, stats, strict=True):
             if st is None:
                 self.settler.drop(rel)
@@ -275,36 +261,50 @@ class ArtifactWatcher:
                 removals += self._names_at(rel)
                 rejected_add.append(Rejected(path, "symlink", "symbolic links are never published"))
             elif stat.S_ISDIR(st.st_mode):
-                walk_dirs.append(rel)
-                removals += [n for n in self._names_at(rel) if n == rel]
+                if rel in self.store.entries:  # a file that became a directory
+                    removals.append(rel)
             elif stat.S_ISREG(st.st_mode):
                 rejected_remove.append(path)
                 self._offer(rel, st)
             else:  # FIFOs, sockets, devices: never published, never opened
                 removals += self._names_at(rel)
-        for rel in walk_dirs:
-            found = await asyncio.to_thread(list_tree, self.root / rel)
-            for sub, st in found:
-                name = f"{rel}/{sub}"
-                if not relevant_name(name):
-                    continue
-                if stat.S_ISLNK(st.st_mode):
-                    rejected_add.append(
-                        Rejected(str(self.root / name), "symlink", "symbolic links are never published")
-                    )
-                elif stat.S_ISREG(st.st_mode):
-                    self._offer(name, st)
         rejected_remove = [k for k in rejected_remove if k in self.store.rejected]
         await self._commit(removals=removals, rejected_add=rejected_add, rejected_remove=rejected_remove)
+
+    def _look(self, paths: list[str]) -> tuple[list[tuple[str, str]], list[os.stat_result | None]]:
+        """(path, name) of the paths that may be published, and their lstat (in a worker thread)."""
+        wanted: list[tuple[str, str]] = []
+        for path in paths:
+            rel = relative(path, self.prefix)
+            if rel is not None and relevant_name(rel):
+                wanted.append((path, rel))
+        return wanted, lstat_many(self.root, [rel for _, rel in wanted])
+
+    def _note_retry(self, what: str, e: OSError) -> None:
+        left_out = self.throttle.hit()
+        if left_out is not None:
+            log.warning("watch.retry_later", step=what, error=e.strerror, errno=e.errno, suppressed=left_out)
 
     def _names_at(self, rel: str) -> list[str]:
         """The published names at rel or below it (a removed directory takes its files along)."""
         prefix = rel + "/"
         return [n for n in self.store.entries if n == rel or n.startswith(prefix)]
 
-    async def scan(self) -> None:
-        """Full reconciliation with the disk: the safety net under the events (SPEC 3)."""
-        found = await asyncio.to_thread(list_tree, self.root)
+    async def scan(self, *, retry: bool = False, deadline: float | None = None) -> bool:
+        """Full reconciliation with the disk: the safety net under the events (SPEC 3). A listing cut
+        short by a temporary error (EMFILE...) changes nothing: False, or with `retry`, again after a
+        backoff until it works (or `deadline`, monotonic, passes)."""
+        attempt = 0
+        while True:
+            try:
+                found = await asyncio.to_thread(list_tree, self.root)
+                break
+            except Transient as e:
+                self._note_retry("scan", e)
+                attempt += 1
+                if not retry or (deadline is not None and time.monotonic() >= deadline):
+                    return False
+                await asyncio.sleep(backoff(attempt))
         on_disk: set[str] = set()
         links: set[str] = set()
         for name, st in found:
@@ -324,6 +324,7 @@ class ArtifactWatcher:
             rejected_add=[Rejected(p, "symlink", "symbolic links are never published") for p in links - symlink_keys],
             rejected_remove=list(symlink_keys - links),
         )
+        return True
 
     # ---- publishing --------------------------------------------------------------------
 
@@ -331,13 +332,19 @@ class ArtifactWatcher:
         names = [name for name, _, _ in due]
         self.hashing.update(names)
         try:
-            results = await asyncio.to_thread(lambda: [hash_beneath(self.root, n, sig) for n, sig, _ in due])
+            results = await asyncio.to_thread(lambda: [_hash(self.root, n, sig) for n, sig, _ in due])
         finally:
             self.hashing.difference_update(names)
         upserts: list[Entry] = []
         latencies: list[float] = []
         retry: list[str] = []
         for (name, sig, last_change), result in zip(due, results, strict=True):
+            if isinstance(result, Transient):  # out of descriptors or memory: not an answer, try again
+                attempt = self.attempts[name] = self.attempts.get(name, 0) + 1
+                self._note_retry("hash", result)
+                self.settler.again(name, sig, last_change, backoff(attempt))
+                continue
+            self.attempts.pop(name, None)
             if result is None:  # changed while hashed, gone, unreadable, or no longer a regular file
                 self.failed[name] = sig
                 retry.append(str(self.root / name))
@@ -372,7 +379,15 @@ class ArtifactWatcher:
     async def publish_known(self, name: str, prov: Provenance) -> None:
         """Publish a file the sidecar itself wrote and hashed (a materialized data URL) without settling."""
         self.provenance[name] = prov
-        result = await asyncio.to_thread(hash_beneath, self.root, name, None)
+        try:
+            result = await asyncio.to_thread(hash_beneath, self.root, name, None)
+        except Transient as e:
+            # The file is there and settled: the settler publishes it (with this provenance) later.
+            self._note_retry("hash", e)
+            with contextlib.suppress(OSError):
+                st = await asyncio.to_thread(os.lstat, self.root / name)
+                self.settler.again(name, signature(st), time.time(), backoff(1))
+            return
         if result is not None:
             sha, st = result
             self.settler.drop(name)
@@ -394,7 +409,14 @@ class ArtifactWatcher:
 
     async def flush(self, timeout: float) -> None:
         """Finalization: rescan, then wait (bounded) until nothing is settling or being hashed."""
-        await self.scan()
         deadline = time.monotonic() + timeout
+        await self.scan(retry=True, deadline=deadline)
         while (self.settler.pending or self.hashing) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+
+
+def _hash(root: Path, name: str, sig: Signature) -> tuple[str, os.stat_result] | Transient | None:
+    try:
+        return hash_beneath(root, name, sig)
+    except Transient as e:
+        return e

@@ -59,6 +59,7 @@ async def run_sidecar(
         port: int | None = None,
         env: dict[str, str] | None = None,
         wait_ready: bool = True,
+        preexec: Callable[[], None] | None = None,
     ) -> Sidecar:
         ws = ws or workspace()
         args = [
@@ -80,6 +81,7 @@ async def run_sidecar(
                 port=free_port() if port is None else port,
                 env=daemon_env(ws, env),
                 log_name=f"sidecar-{len(started)}",
+                preexec=preexec,
             )
             started.append(sc)
             if not wait_ready:

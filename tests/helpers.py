@@ -256,6 +256,7 @@ def spawn(
     port: int,
     env: dict[str, str],
     log_name: str,
+    preexec: Callable[[], None] | None = None,
 ) -> Sidecar:
     # 127.0.0.1 first, so that a test's own --host (given in args) wins.
     argv = [sys.executable, "-m", "sidecar", mode, "--host", "127.0.0.1", "--port", str(port), *args]
@@ -273,6 +274,7 @@ def spawn(
             env=env,
             cwd=workspace.root,
             start_new_session=True,
+            preexec_fn=preexec,  # resource limits for the daemon (what prlimit would do)
         )
     token = None
     for i, a in enumerate(args):

@@ -29,6 +29,11 @@ RUNS = [
         40.0,  # ends once everything is in the store and the UI was told where
         id="run-offload-download-from-the-store-after-exit",
     ),
+    pytest.param(
+        Faults(seed=14, burst=200, fd_squeeze_s=8.0, exit_status=0),
+        40.0,  # 256 descriptors and 400 idle connections for the first 8 s (issue 12): nothing lost
+        id="run-fd-squeeze",
+    ),
 ]
 
 

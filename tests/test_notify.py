@@ -94,6 +94,7 @@ class TestSystemdUnit:
             "ProtectSystem=strict",
             "PrivateTmp=yes",
             "EnvironmentFile=-/etc/sidecar/sidecar.env",
+            "LimitNOFILE=65536",  # SPEC 9: systemd's default soft limit of 1,024 is a few hundred connections
         ):
             assert line in unit
         assert any(ln.startswith("ReadWritePaths=") and "/workspace/artifacts" in ln for ln in unit)

@@ -26,6 +26,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from e2e.squeeze import idle_flood, low_nofile
+
 REPO = Path(__file__).resolve().parents[2]
 AGENT = Path(__file__).with_name("agent.py")
 SETTLE_S = 0.4
@@ -45,6 +47,7 @@ class Faults:
     exit_status: int = 0
     seed: int = 0
     offload: bool = False  # upload to object storage (moto); the UI downloads from storage_url after the exit
+    fd_squeeze_s: float = 0.0  # > 0: the sidecar at 256 descriptors, 400 idle connections that long (squeeze.py)
 
     def label(self) -> str:
         parts = [f"burst={self.burst}"]
@@ -64,6 +67,8 @@ class Faults:
             parts.append("queue_overflow")
         if self.offload:
             parts.append("offload")
+        if self.fd_squeeze_s:
+            parts.append(f"fd_squeeze={self.fd_squeeze_s:.0f}s")
         parts.append(f"exit={self.exit_status}")
         return " ".join(parts)
 
@@ -87,6 +92,8 @@ class Faults:
             f.polling = True
         elif rng.random() < 0.3:
             f.overflow = True
+        if rng.random() < 0.35:  # drawn last: the other faults of a seed stay what they were
+            f.fd_squeeze_s = rng.uniform(5.0, 20.0)
         return f
 
 
@@ -378,6 +385,12 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
     follower = asyncio.create_task(follow_events(base, seen, stop))
     procs: list[subprocess.Popen[bytes]] = []
     logs: list[Path] = []
+    squeezer: asyncio.Task[None] | None = None
+
+    def squeeze() -> None:  # once the first sidecar is ready; it outlives a SIGKILL and restart
+        nonlocal squeezer
+        if faults.fd_squeeze_s and squeezer is None:
+            squeezer = asyncio.create_task(idle_flood(port, faults.fd_squeeze_s, res.notes))
 
     def start(mode: str, extra: list[str]) -> subprocess.Popen[bytes]:
         log = workdir / f"sidecar-{len(logs)}.log"
@@ -385,8 +398,9 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
         with open(log, "wb") as err, open(workdir / f"agent-{len(logs)}.out", "wb") as out:
             argv = [sys.executable, "-m", "sidecar", mode, *sidecar_flags, *extra]
             p = subprocess.Popen(
-                argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True
-            )
+                argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                preexec_fn=low_nofile if faults.fd_squeeze_s else None,
+            )  # fmt: skip
         procs.append(p)
         return p
 
@@ -396,6 +410,7 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
             async with small_inotify_queue(faults.overflow, res.notes):
                 sc = start("run", ["--", *agent_argv])
                 await wait_ready(base, sc)
+            squeeze()
             res.exit_got = await wait_proc(sc, run_timeout)
             if res.exit_got is None:
                 res.errors.append(f"sidecar run did not exit within {run_timeout:.0f} s")
@@ -406,6 +421,7 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
             async with small_inotify_queue(faults.overflow, res.notes):
                 sc = start("serve", [])
                 await wait_ready(base, sc)
+            squeeze()
             with open(workdir / "agent.out", "wb") as out:
                 agent = subprocess.Popen(agent_argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -441,7 +457,7 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
             store.stop()
             res.notes["store_requests"] = len(store.calls)
         stop.set()
-        for task in (follower, ui_task):
+        for task in (follower, ui_task, *([squeezer] if squeezer else [])):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
