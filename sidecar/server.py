@@ -15,7 +15,6 @@ from http import HTTPStatus
 from typing import NoReturn
 
 from aiohttp import hdrs, web
-from aiohttp_sse import EventSourceResponse, sse_response
 
 from sidecar.config import Settings
 from sidecar.logs import get_logger
@@ -23,6 +22,7 @@ from sidecar.manifest import Entry, Identity, ManifestStore
 from sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sidecar.metrics import Metrics
 from sidecar.security import bearer_ok, name_from_raw_path, signature_ok
+from sidecar.streams import SLICE, BodyWriter, Frames, Hub, Trimmer
 
 __all__ = ("API_KEY", "Api", "Hooks", "build_app", "parse_range")
 
@@ -32,6 +32,13 @@ SETTLE_WAIT_S = 5.0  # SPEC 5: a settling name waits this long before 404
 MAX_LONG_POLL_S = 60.0
 SMALL_BODY = 64 * 1024  # below this one pread + one write beats the sendfile machinery
 SSE_PING_S = 15.0
+SSE_PING = b": ping\r\n\r\n"
+SSE_HEADERS = {
+    hdrs.CONTENT_TYPE: "text/event-stream",
+    hdrs.CACHE_CONTROL: "no-cache",
+    hdrs.CONNECTION: "keep-alive",
+    "X-Accel-Buffering": "no",  # a proxy in front must pass events on at once
+}
 PREFLIGHT_HEADERS = "Authorization, Range, If-None-Match, If-Modified-Since, If-Range, Last-Event-ID, Content-Type"
 EXPOSE_HEADERS = "Content-Length, Content-Range, Accept-Ranges, ETag, Last-Modified, Content-Disposition"
 OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
@@ -143,10 +150,16 @@ class Api:
         self.any_origin = "*" in settings.cors_origins
         self.origins = frozenset(settings.cors_origins)
         self.closing = asyncio.Event()
+        self.write_timeout = settings.write_timeout
+        self.hub = Hub(store)
+        self.frames = Frames(store)
+        self.trimmer = Trimmer()
 
     def close_streams(self) -> None:
         """At exit: end event streams and long polls now instead of waiting out the drain."""
         self.closing.set()
+        self.hub.close()
+        self.trimmer.close()
 
     async def _change_or_closing(self, timeout: float) -> None:
         waits = [asyncio.ensure_future(self.store.wait_change(timeout)), asyncio.ensure_future(self.closing.wait())]
@@ -363,46 +376,65 @@ class Api:
             return web.Response(status=304, headers=headers)
         body = self.store.body()
         self.metrics.response_bytes.inc(len(body))
-        return web.Response(body=body, content_type="application/json", headers=headers)
+        if len(body) <= SLICE:
+            return web.Response(body=body, content_type="application/json", headers=headers)
+        # A slice at a time as the client reads (SPEC 9): one write of it all would leave a copy of the
+        # unsent rest in the transport's buffer for each client that does not read, 20 MB at 50,000 artifacts.
+        resp = web.StreamResponse(headers=headers)
+        resp.content_type = "application/json"
+        resp.content_length = len(body)
+        try:
+            out = await BodyWriter.start(request, resp)
+            await out.write(body, self.write_timeout)
+            await out.end(self.write_timeout)
+        except ConnectionError as e:
+            log.debug("http.client_gone", path=request.path, reason=str(e))
+        finally:
+            self.trimmer.soon()
+        return resp
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         last = request.headers.get("Last-Event-ID", "").strip()
-        async with sse_response(request, ping_interval=SSE_PING_S) as sse:
-            try:
-                await self._stream(sse, int(last) if last.lstrip("-").isdigit() else None)
-            except ConnectionError:  # the subscriber went away: its stream simply ends
-                log.debug("events.client_gone", peer=request.remote)
-        return sse
+        resp = web.StreamResponse(headers=SSE_HEADERS)
+        resp.enable_chunked_encoding()
+        out = await BodyWriter.start(request, resp)
+        self.hub.join(out.transport)
+        try:
+            await self._stream(out, int(last) if last.lstrip("-").isdigit() else None)
+            await out.end(self.write_timeout)
+        except ConnectionError as e:  # the subscriber went away or stopped reading: its stream simply ends
+            log.debug("events.client_gone", peer=request.remote, reason=str(e))
+        finally:
+            self.hub.leave(out.transport)
+            self.trimmer.soon()
+        return resp
 
-    async def _stream(self, sse: EventSourceResponse, cur: int | None) -> None:
-        store = self.store
+    async def _stream(self, out: BodyWriter, cur: int | None) -> None:
+        """Every frame comes encoded from `self.frames`, shared by all subscribers; this only writes it."""
+        store, timeout = self.store, self.write_timeout
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time() + SSE_PING_S
         if cur is None or store.changes_since(cur) is None:
-            await sse.send(store.body().decode(), event="manifest", id=str(store.version))
-            cur = store.version
-        while sse.is_connected() and not self.closing.is_set():
+            cur = await self._send_manifest(out)
+        while not self.closing.is_set() and not out.transport.is_closing():
             changes = store.changes_since(cur)
             if changes is None:
-                await sse.send(store.body().decode(), event="manifest", id=str(store.version))
-                cur = store.version
-                continue
-            if not changes:
-                await self._change_or_closing(SSE_PING_S)
-                continue
-            for ch in changes:
-                if ch.upserted or ch.removed:
-                    doc = {
-                        "version": ch.version,
-                        "state": store.state,
-                        "upserted": [store.entry_doc(e) for e in ch.upserted],
-                        "removed": list(ch.removed),
-                    }
-                    await sse.send(json.dumps(doc), event="artifacts", id=str(ch.version))
-                if ch.state_changed:
-                    doc = {"version": ch.version, "state": store.state}
-                    await sse.send(json.dumps(doc), event="state", id=str(ch.version))
-                if not (ch.upserted or ch.removed or ch.state_changed):
-                    await sse.send(json.dumps({"version": ch.version}), event="artifacts", id=str(ch.version))
-                cur = ch.version
+                cur = await self._send_manifest(out)
+            elif changes:
+                for ch in changes:
+                    await out.write(self.frames.change(ch), timeout)
+                    cur = ch.version
+            elif loop.time() >= next_ping:
+                await out.write(SSE_PING, timeout)
+                next_ping = loop.time() + SSE_PING_S
+            else:
+                await self.hub.wait(next_ping - loop.time())
+
+    async def _send_manifest(self, out: BodyWriter) -> int:
+        version, head, body, tail = self.frames.manifest()
+        for part in (head, body, tail):
+            await out.write(part, self.write_timeout)
+        return version
 
     async def finalize(self, request: web.Request) -> web.StreamResponse:
         state = await self.hooks.finalize()
