@@ -22,7 +22,7 @@ from sidecar.manifest import Entry, Identity, ManifestStore
 from sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sidecar.metrics import Metrics
 from sidecar.security import bearer_ok, name_from_raw_path, signature_ok
-from sidecar.streams import SLICE, BodyWriter, Frames, Hub, Trimmer
+from sidecar.streams import SLICE, SSE_HEADERS, WRITERS, BodyWriter, Frames, Hub, Trimmer, stream_events
 
 __all__ = ("API_KEY", "Api", "Hooks", "build_app", "parse_range")
 
@@ -31,14 +31,6 @@ log = get_logger("sidecar.http")
 SETTLE_WAIT_S = 5.0  # SPEC 5: a settling name waits this long before 404
 MAX_LONG_POLL_S = 60.0
 SMALL_BODY = 64 * 1024  # below this one pread + one write beats the sendfile machinery
-SSE_PING_S = 15.0
-SSE_PING = b": ping\r\n\r\n"
-SSE_HEADERS = {
-    hdrs.CONTENT_TYPE: "text/event-stream",
-    hdrs.CACHE_CONTROL: "no-cache",
-    hdrs.CONNECTION: "keep-alive",
-    "X-Accel-Buffering": "no",  # a proxy in front must pass events on at once
-}
 PREFLIGHT_HEADERS = "Authorization, Range, If-None-Match, If-Modified-Since, If-Range, Last-Event-ID, Content-Type"
 EXPOSE_HEADERS = "Content-Length, Content-Range, Accept-Ranges, ETag, Last-Modified, Content-Disposition"
 OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
@@ -154,6 +146,7 @@ class Api:
         self.hub = Hub(store)
         self.frames = Frames(store)
         self.trimmer = Trimmer()
+        self.turns = asyncio.Semaphore(WRITERS)  # big bodies take turns (sidecar.streams)
 
     def close_streams(self) -> None:
         """At exit: end event streams and long polls now instead of waiting out the drain."""
@@ -378,13 +371,14 @@ class Api:
         self.metrics.response_bytes.inc(len(body))
         if len(body) <= SLICE:
             return web.Response(body=body, content_type="application/json", headers=headers)
-        # A slice at a time as the client reads (SPEC 9): one write of it all would leave a copy of the
-        # unsent rest in the transport's buffer for each client that does not read, 20 MB at 50,000 artifacts.
+        # As fast as the client reads, from the one cached body (SPEC 9): one write of it all would leave a
+        # copy of the unsent rest in the transport's buffer for each client that does not read, 20 MB at
+        # 50,000 artifacts, kept until the client reads or leaves.
         resp = web.StreamResponse(headers=headers)
         resp.content_type = "application/json"
         resp.content_length = len(body)
         try:
-            out = await BodyWriter.start(request, resp)
+            out = await BodyWriter.start(request, resp, self.turns)
             await out.write(body, self.write_timeout)
             await out.end(self.write_timeout)
         except ConnectionError as e:
@@ -397,10 +391,11 @@ class Api:
         last = request.headers.get("Last-Event-ID", "").strip()
         resp = web.StreamResponse(headers=SSE_HEADERS)
         resp.enable_chunked_encoding()
-        out = await BodyWriter.start(request, resp)
+        out = await BodyWriter.start(request, resp, self.turns)
         self.hub.join(out.transport)
         try:
-            await self._stream(out, int(last) if last.lstrip("-").isdigit() else None)
+            cur = int(last) if last.lstrip("-").isdigit() else None
+            await stream_events(out, cur, self.frames, self.hub, self.closing, self.write_timeout)
             await out.end(self.write_timeout)
         except ConnectionError as e:  # the subscriber went away or stopped reading: its stream simply ends
             log.debug("events.client_gone", peer=request.remote, reason=str(e))
@@ -408,33 +403,6 @@ class Api:
             self.hub.leave(out.transport)
             self.trimmer.soon()
         return resp
-
-    async def _stream(self, out: BodyWriter, cur: int | None) -> None:
-        """Every frame comes encoded from `self.frames`, shared by all subscribers; this only writes it."""
-        store, timeout = self.store, self.write_timeout
-        loop = asyncio.get_running_loop()
-        next_ping = loop.time() + SSE_PING_S
-        if cur is None or store.changes_since(cur) is None:
-            cur = await self._send_manifest(out)
-        while not self.closing.is_set() and not out.transport.is_closing():
-            changes = store.changes_since(cur)
-            if changes is None:
-                cur = await self._send_manifest(out)
-            elif changes:
-                for ch in changes:
-                    await out.write(self.frames.change(ch), timeout)
-                    cur = ch.version
-            elif loop.time() >= next_ping:
-                await out.write(SSE_PING, timeout)
-                next_ping = loop.time() + SSE_PING_S
-            else:
-                await self.hub.wait(next_ping - loop.time())
-
-    async def _send_manifest(self, out: BodyWriter) -> int:
-        version, head, body, tail = self.frames.manifest()
-        for part in (head, body, tail):
-            await out.write(part, self.write_timeout)
-        return version
 
     async def finalize(self, request: web.Request) -> web.StreamResponse:
         state = await self.hooks.finalize()

@@ -1,5 +1,6 @@
-"""Responses that cannot pile up in memory (SPEC 9): big bodies written a slice at a time as the client reads,
-a write timeout for clients that stop reading, event-stream frames made once for every subscriber."""
+"""Responses that cannot pile up in memory (SPEC 9): big bodies written as fast as the client reads, never
+copied per connection; a write timeout for clients that stop reading; event-stream frames made once for
+every subscriber; memory handed back once many clients are gone."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import ctypes
 import ctypes.util
 import gc
 import json
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -19,18 +21,39 @@ from aiohttp.abc import AbstractStreamWriter
 from sidecar.logs import get_logger
 from sidecar.manifest import Change, ManifestStore
 
-__all__ = ("SLICE", "BodyWriter", "Frames", "Hub", "StalledReader", "Trimmer")
+__all__ = (
+    "SLICE",
+    "SSE_HEADERS",
+    "WRITERS",
+    "BodyWriter",
+    "Frames",
+    "Hub",
+    "StalledReader",
+    "Trimmer",
+    "stream_events",
+)
 
 log = get_logger("sidecar.http")
 
-# What one connection may hold in user space while its reader is slow: the slice being written. 1,000
-# stalled subscribers then hold 16 MiB at most; a reading client still gets a 20 MB manifest in ~1,300
-# sends, each straight into the kernel's buffer (a few milliseconds of CPU in all).
+# What one connection may hold in user space while its reader is slow: one slice. 1,000 stalled subscribers
+# then hold 16 MiB at most. While the kernel has room, bytes go to the socket directly, STEP at a time.
 SLICE = 16 * 1024
+STEP = 256 * 1024
+# Connections writing at once, one step each, then the next: a loop iteration stays short however many
+# subscribers are owed a manifest, so /healthz never waits behind 1,000 of them.
+WRITERS = 8
 REAP_S = 1.0  # how soon the end of an idle event stream's connection is noticed
 FRAMES_KEPT = 64  # encoded changes kept for subscribers that are behind (older ones are encoded again)
 TRIM_DELAY_S = 1.0
 TRIM_MAX_WAIT_S = 10.0
+SSE_PING_S = 15.0  # SPEC 5: a comment line at least every 15 s
+SSE_PING = b": ping\r\n\r\n"
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "Connection": "keep-alive",
+    "X-Accel-Buffering": "no",  # a proxy in front must pass events on at once
+}
 
 
 class StalledReader(ConnectionError):
@@ -38,40 +61,74 @@ class StalledReader(ConnectionError):
 
 
 class BodyWriter:
-    """Writes one response so that at most one slice waits in user space: the transport's buffer limit is 0,
-    so after each slice the protocol pauses until the kernel took all of it. A client that takes nothing for
-    `timeout` seconds is cut (`StalledReader`); one that reads slowly but steadily is not."""
+    """Writes a response body without a copy of it per connection. While the transport's buffer is empty the
+    bytes go straight to the socket (`os.write`: the kernel takes what fits, nothing stays behind); once the
+    kernel is full, one slice goes to the transport, whose buffer limit is 0, and the writer waits until the
+    kernel took it. A client that takes nothing for `timeout` seconds is cut (`StalledReader`); one that reads
+    slowly but steadily is not. Chunked responses (event streams) get their framing here."""
 
-    def __init__(self, resp: web.StreamResponse, transport: asyncio.Transport, writer: AbstractStreamWriter) -> None:
+    def __init__(
+        self,
+        resp: web.StreamResponse,
+        transport: asyncio.Transport,
+        writer: AbstractStreamWriter,
+        turns: asyncio.Semaphore,
+    ) -> None:
         self.resp = resp
         self.transport = transport
         self.writer = writer
+        self.turns = turns
+        self.fd: int = transport.get_extra_info("socket").fileno()
+        self.chunked = resp.chunked
 
     @classmethod
-    async def start(cls, request: web.Request, resp: web.StreamResponse) -> BodyWriter:
+    async def start(cls, request: web.Request, resp: web.StreamResponse, turns: asyncio.Semaphore) -> BodyWriter:
         transport = request.transport
         if not isinstance(transport, asyncio.Transport) or transport.is_closing():
             raise ConnectionResetError("connection lost")
         transport.set_write_buffer_limits(high=0)
-        writer = await resp.prepare(request)  # the headers wait in aiohttp until the first slice goes out
+        writer = await resp.prepare(request)
         if writer is None:
             raise ConnectionResetError("connection lost")
-        return cls(resp, transport, writer)
+        await writer.write(b"")  # aiohttp holds the headers back until the first write: they go out now
+        return cls(resp, transport, writer, turns)
 
     async def write(self, data: bytes, timeout: float) -> None:
-        view = memoryview(data)
-        loop = asyncio.get_running_loop()
+        if not data:
+            return
         try:
             async with asyncio.timeout(None) as deadline:
-                for off in range(0, len(view), SLICE):
-                    deadline.reschedule(loop.time() + timeout)  # per slice: slow readers are fine, stalled ones not
-                    await self.writer.write(view[off : off + SLICE])
-                    await self.writer.drain()
-                    # Even when the kernel takes everything at once, let other requests run between slices:
-                    # 1,000 subscribers each sending a few MB in one go would hold /healthz for seconds.
-                    await asyncio.sleep(0)
+                if self.chunked:
+                    await self._raw(f"{len(data):x}\r\n".encode(), deadline, timeout)
+                await self._raw(data, deadline, timeout)
+                if self.chunked:
+                    await self._raw(b"\r\n", deadline, timeout)
         except TimeoutError:
             raise self._cut(timeout) from None
+
+    async def _raw(self, data: bytes, deadline: asyncio.Timeout, timeout: float) -> None:
+        view = memoryview(data).cast("B")
+        off, end = 0, len(view)
+        loop = asyncio.get_running_loop()
+        transport = self.transport
+        while off < end:
+            deadline.reschedule(loop.time() + timeout)  # per step: slow readers are fine, stalled ones not
+            async with self.turns:
+                if transport.is_closing():
+                    raise ConnectionResetError("connection lost")
+                if transport.get_write_buffer_size() == 0:
+                    want = min(STEP, end - off)
+                    try:
+                        sent = os.write(self.fd, view[off : off + want])
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    off += sent
+                    if sent < want:
+                        # The kernel is full: one slice waits in the transport, which wakes us once it is gone.
+                        transport.write(view[off : off + SLICE])
+                        off += min(SLICE, end - off)
+            await self.writer.drain()  # at once, unless the transport holds something
+            await asyncio.sleep(0)  # the next turn goes to another connection, or to a request
 
     async def end(self, timeout: float) -> None:
         try:
@@ -177,6 +234,38 @@ class Frames:
         while len(self._changes) > FRAMES_KEPT:
             self._changes.popitem(last=False)
         return frames
+
+
+async def stream_events(
+    out: BodyWriter, cur: int | None, frames: Frames, hub: Hub, closing: asyncio.Event, timeout: float
+) -> None:
+    """One subscriber's stream (SPEC 5): the manifest unless `cur` can be resumed, then each change, a
+    comment every 15 s; until exit or the connection's end. Every frame comes made from `frames`."""
+    store = frames.store
+    loop = asyncio.get_running_loop()
+    next_ping = loop.time() + SSE_PING_S
+    if cur is None or store.changes_since(cur) is None:
+        cur = await _send_manifest(out, frames, timeout)
+    while not closing.is_set() and not out.transport.is_closing():
+        changes = store.changes_since(cur)
+        if changes is None:
+            cur = await _send_manifest(out, frames, timeout)
+        elif changes:
+            for ch in changes:
+                await out.write(frames.change(ch), timeout)
+                cur = ch.version
+        elif loop.time() >= next_ping:
+            await out.write(SSE_PING, timeout)
+            next_ping = loop.time() + SSE_PING_S
+        else:
+            await hub.wait(next_ping - loop.time())
+
+
+async def _send_manifest(out: BodyWriter, frames: Frames, timeout: float) -> int:
+    version, head, body, tail = frames.manifest()
+    for part in (head, body, tail):
+        await out.write(part, timeout)
+    return version
 
 
 def _malloc_trim() -> Callable[[int], int] | None:
