@@ -39,9 +39,9 @@ log = get_logger("sidecar.http")
 # then hold 16 MiB at most. While the kernel has room, bytes go to the socket directly, STEP at a time.
 SLICE = 16 * 1024
 STEP = 256 * 1024
-# Connections writing at once, one step each, then the next: a loop iteration stays short however many
-# subscribers are owed a manifest, so /healthz never waits behind 1,000 of them.
-WRITERS = 8
+# Connections writing in one loop iteration, one step each: an iteration stays short (~1 MB of copying)
+# however many subscribers are owed a manifest, so /healthz never waits behind 1,000 of them.
+WRITERS = 4
 REAP_S = 1.0  # how soon the end of an idle event stream's connection is noticed
 FRAMES_KEPT = 64  # encoded changes kept for subscribers that are behind (older ones are encoded again)
 TRIM_DELAY_S = 1.0
@@ -127,8 +127,10 @@ class BodyWriter:
                         # The kernel is full: one slice waits in the transport, which wakes us once it is gone.
                         transport.write(view[off : off + SLICE])
                         off += min(SLICE, end - off)
+                # Keep the turn until the next loop iteration: the others wait on the semaphore, not in the
+                # ready queue, so one iteration writes WRITERS steps at most and requests get their turn.
+                await asyncio.sleep(0)
             await self.writer.drain()  # at once, unless the transport holds something
-            await asyncio.sleep(0)  # the next turn goes to another connection, or to a request
 
     async def end(self, timeout: float) -> None:
         try:
