@@ -21,7 +21,10 @@ Static files (section `static`), servers on CPU 0 (taskset), every client on CPU
   nginx and to aiohttp web.static (mean of the per-round ratios; the targets use these).
 The sidecar alone: publish latency and pushes (`publish`), `sidecar materialize` on a 1 GiB tool-results file
 dense with ~27 KiB PNG data URLs and on one without any (`datauri`), idle CPU and RSS with 1,000 artifacts
-(`idle`), spawn -> /readyz (`readyz`), /v1/manifest with 10,000 artifacts (`manifest`).
+(`idle`), spawn -> /readyz (`readyz`), /v1/manifest with 10,000 artifacts (`manifest`); clients that never read
+(issue 12): 40 `GET /v1/manifest` at 50,000 artifacts (`stalled_manifest`), 1,000 event subscribers at 5,000
+artifacts (`stalled_events`), each with RSS and /healthz meanwhile and RSS after they closed. One section alone:
+`python bench/run.py --sections stalled_manifest,stalled_events --no-install`.
 
 Every process it starts runs in its own process group and is killed on exit, failure, Ctrl-C or SIGTERM.
 Results: bench/results/latest.json; server logs: bench/results/logs/.
@@ -54,13 +57,14 @@ from typing import Any, NoReturn
 import clients
 import deps
 import fixtures
+import memory_checks
 import servers
 import sidecar_checks
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 SERVER_CPU, CLIENT_CPU = 0, 1
-SECTIONS = ("static", "publish", "datauri", "idle", "readyz", "manifest")
+SECTIONS = ("static", "publish", "datauri", "idle", "readyz", "manifest", "stalled_manifest", "stalled_events")
 RANGE_CONNECTIONS = 8
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -390,6 +394,15 @@ def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
     if man and "error" not in man:
         add(f"/v1/manifest, {man['artifacts']} artifacts, cached (p50)", man["cached"]["p50_ms"], "<=", 20, "ms")
         add(f"RSS growth with {man['artifacts']} artifacts", man["rss_growth_mib"], "<=", 30, "MiB")
+    stalled = (("stalled_manifest", "non-reading /v1/manifest clients"), ("stalled_events", "event subscribers"))
+    for key, what in stalled:
+        st = doc.get(key)
+        if st and "error" not in st:
+            at = f"{st['clients']:,} {what} at {st['artifacts']:,} artifacts"
+            add(f"RSS growth with {at}", st["rss_growth_mib"], "<", 64, "MiB")
+            add(f"RSS after they closed, above idle ({at})", st["after_vs_idle_pct"], "<=", 10, "%")
+            if key == "stalled_events":
+                add(f"/healthz p99 with {at}", st["healthz"]["p99_ms"], "<", 50, "ms")
     return out
 
 
@@ -477,12 +490,25 @@ def _manifest_lines(man: dict[str, Any]) -> list[str]:
     ]
 
 
+def _stalled_lines(st: dict[str, Any]) -> list[str]:
+    h = st["healthz"]
+    return [
+        f"stalled  {st['clients']:,} clients that never read, {st['artifacts']:,} artifacts "
+        f"({st['manifest_bytes'] / 1e6:.1f} MB manifest): RSS idle {st['rss_mib_idle']} MiB, peak "
+        f"{st['rss_mib_peak']} (+{st['rss_growth_mib']}), "
+        f"after they closed {st['rss_mib_after']} ({st['after_vs_idle_pct']:+.1f} %); /healthz meanwhile p50 "
+        f"{h['p50_ms']} ms, p99 {h['p99_ms']} ms, max {h['max_ms']} ms ({h['requests']} requests)"
+    ]
+
+
 _SIDECAR_SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "publish": _publish_lines,
     "datauri": _datauri_lines,
     "idle": _idle_lines,
     "readyz": _readyz_lines,
     "manifest": _manifest_lines,
+    "stalled_manifest": _stalled_lines,
+    "stalled_events": _stalled_lines,
 }
 
 
@@ -650,6 +676,12 @@ def main() -> int:
         if "manifest" in args.sections:
             with section(doc, "manifest", notes) as h:
                 h.update(sidecar_checks.manifest_10k(args.python, scratch, logs, 10_000, 50))
+        if "stalled_manifest" in args.sections:
+            with section(doc, "stalled_manifest", notes) as h:
+                h.update(memory_checks.stalled_manifest(args.python, scratch, logs, 50_000, 40))
+        if "stalled_events" in args.sections:
+            with section(doc, "stalled_events", notes) as h:
+                h.update(memory_checks.stalled_events(args.python, scratch, logs, 5_000, 1_000))
 
     busy_end = cpu_busy()
     doc["host"]["busy_at_end"] = round(busy_end, 2)

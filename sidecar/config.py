@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     grace_period: float = Field(30.0, ge=0, allow_inf_nan=False)
     settle_ms: int = Field(150, ge=0)
     rescan_interval: float = Field(10.0, gt=0, allow_inf_nan=False)
+    write_timeout: float = Field(30.0, gt=0, allow_inf_nan=False)  # SPEC 9: a client that reads nothing is cut
     data_url_types: CommaList = Field(default_factory=lambda: ["image/*"])
     min_data_url_bytes: int = Field(512, ge=0)
     max_data_url_bytes: int = Field(104_857_600, gt=0)
@@ -211,6 +212,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("grace_period"),
     Option("settle_ms"),
     Option("rescan_interval"),
+    Option("write_timeout"),
     Option("data_url_types", repeat=True),
     Option("min_data_url_bytes"),
     Option("max_data_url_bytes"),

@@ -13,7 +13,6 @@ from http import HTTPStatus
 from typing import NoReturn
 
 from aiohttp import hdrs, web
-from aiohttp_sse import EventSourceResponse, sse_response
 
 from sidecar.beneath import open_regular_beneath
 from sidecar.conditional import Validators, decide, weak_match
@@ -24,6 +23,7 @@ from sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sidecar.metrics import Metrics
 from sidecar.numbers import ascii_decimal, ascii_int
 from sidecar.security import bearer_ok, is_loopback_address, name_from_raw_path, signature_ok
+from sidecar.streams import SLICE, SSE_HEADERS, WRITERS, BodyWriter, Frames, Hub, Trimmer, stream_events
 
 __all__ = ("API_KEY", "Api", "Hooks", "build_app")
 
@@ -32,7 +32,6 @@ log = get_logger("sidecar.http")
 SETTLE_WAIT_S = 5.0  # SPEC 5: a settling name waits this long before 404
 MAX_LONG_POLL_S = 60.0
 SMALL_BODY = 64 * 1024  # below this one pread + one write beats the sendfile machinery
-SSE_PING_S = 15.0
 PREFLIGHT_HEADERS = (
     "Authorization, Range, If-Match, If-None-Match, If-Modified-Since, If-Unmodified-Since, If-Range, "
     "Last-Event-ID, Content-Type"
@@ -107,10 +106,17 @@ class Api:
         self.any_origin = "*" in settings.cors_origins
         self.origins = frozenset(settings.cors_origins)
         self.closing = asyncio.Event()
+        self.write_timeout = settings.write_timeout
+        self.hub = Hub(store)
+        self.frames = Frames(store)
+        self.trimmer = Trimmer()
+        self.turns = asyncio.Semaphore(WRITERS)  # big bodies take turns (sidecar.streams)
 
     def close_streams(self) -> None:
         """At exit: end event streams and long polls now instead of waiting out the drain."""
         self.closing.set()
+        self.hub.close()
+        self.trimmer.close()
 
     async def _change_or_closing(self, timeout: float) -> None:
         waits = [asyncio.ensure_future(self.store.wait_change(timeout)), asyncio.ensure_future(self.closing.wait())]
@@ -297,47 +303,40 @@ class Api:
             return web.Response(status=304, headers=headers)
         body = self.store.body()
         self.metrics.response_bytes.inc(len(body))
-        return web.Response(body=body, content_type="application/json", headers=headers)
+        if len(body) <= SLICE:
+            return web.Response(body=body, content_type="application/json", headers=headers)
+        # As fast as the client reads, from the one cached body (SPEC 9): one write of it all would leave a
+        # copy of the unsent rest in the transport's buffer for each client that does not read, 20 MB at
+        # 50,000 artifacts, kept until the client reads or leaves.
+        resp = web.StreamResponse(headers=headers)
+        resp.content_type = "application/json"
+        resp.content_length = len(body)
+        try:
+            out = await BodyWriter.start(request, resp, self.turns)
+            await out.write(body, self.write_timeout)
+            await out.end(self.write_timeout)
+        except ConnectionError as e:
+            log.debug("http.client_gone", path=request.path, reason=str(e))
+        finally:
+            self.trimmer.soon()
+        return resp
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         # Anything but a plain version (`²`, 5,000 digits, text) gets a fresh manifest event (SPEC 5, 9).
-        last = ascii_int(request.headers.get("Last-Event-ID", "").strip())
-        async with sse_response(request, ping_interval=SSE_PING_S) as sse:
-            try:
-                await self._stream(sse, last)
-            except ConnectionError:  # the subscriber went away: its stream simply ends
-                log.debug("events.client_gone", peer=request.remote)
-        return sse
-
-    async def _stream(self, sse: EventSourceResponse, cur: int | None) -> None:
-        store = self.store
-        if cur is None or store.changes_since(cur) is None:
-            await sse.send(store.body().decode(), event="manifest", id=str(store.version))
-            cur = store.version
-        while sse.is_connected() and not self.closing.is_set():
-            changes = store.changes_since(cur)
-            if changes is None:
-                await sse.send(store.body().decode(), event="manifest", id=str(store.version))
-                cur = store.version
-                continue
-            if not changes:
-                await self._change_or_closing(SSE_PING_S)
-                continue
-            for ch in changes:
-                if ch.upserted or ch.removed:
-                    doc = {
-                        "version": ch.version,
-                        "state": store.state,
-                        "upserted": [store.entry_doc(e) for e in ch.upserted],
-                        "removed": list(ch.removed),
-                    }
-                    await sse.send(json.dumps(doc), event="artifacts", id=str(ch.version))
-                if ch.state_changed:
-                    doc = {"version": ch.version, "state": store.state}
-                    await sse.send(json.dumps(doc), event="state", id=str(ch.version))
-                if not (ch.upserted or ch.removed or ch.state_changed):
-                    await sse.send(json.dumps({"version": ch.version}), event="artifacts", id=str(ch.version))
-                cur = ch.version
+        cur = ascii_int(request.headers.get("Last-Event-ID", "").strip())
+        resp = web.StreamResponse(headers=SSE_HEADERS)
+        resp.enable_chunked_encoding()
+        out = await BodyWriter.start(request, resp, self.turns)
+        self.hub.join(out.transport)
+        try:
+            await stream_events(out, cur, self.frames, self.hub, self.closing, self.write_timeout)
+            await out.end(self.write_timeout)
+        except ConnectionError as e:  # the subscriber went away or stopped reading: its stream simply ends
+            log.debug("events.client_gone", peer=request.remote, reason=str(e))
+        finally:
+            self.hub.leave(out.transport)
+            self.trimmer.soon()
+        return resp
 
     def _local_only(self, request: web.Request) -> None:
         """Without a token, ending the run is for this machine only (SPEC 9): else a cross-site form post

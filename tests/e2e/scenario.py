@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class Faults:
     seed: int = 0
     offload: bool = False  # upload to object storage (moto); the UI downloads from storage_url after the exit
     fd_squeeze_s: float = 0.0  # > 0: the sidecar at 256 descriptors, 400 idle connections that long (squeeze.py)
+    non_readers: bool = False  # manifest and event clients that never read, connected all along (issue 12)
 
     def label(self) -> str:
         parts = [f"burst={self.burst}"]
@@ -69,11 +70,13 @@ class Faults:
             parts.append("offload")
         if self.fd_squeeze_s:
             parts.append(f"fd_squeeze={self.fd_squeeze_s:.0f}s")
+        if self.non_readers:
+            parts.append("non_readers")
         parts.append(f"exit={self.exit_status}")
         return " ".join(parts)
 
     @classmethod
-    def random(cls, rng: random.Random, burst: int) -> Faults:
+    def random(cls, rng: random.Random, burst: int, non_readers: float = 0.0) -> Faults:
         f = cls(seed=rng.randrange(1 << 30), exit_status=rng.choice([0, 0, 3, 7]))
         big = rng.random() < 0.35
         f.burst = burst if big else min(burst, rng.choice([100, 300, 1000]))
@@ -94,6 +97,8 @@ class Faults:
             f.overflow = True
         if rng.random() < 0.35:  # drawn last: the other faults of a seed stay what they were
             f.fd_squeeze_s = rng.uniform(5.0, 20.0)
+        if non_readers:  # drawn only when asked for, so that the other faults of a seed stay as they were
+            f.non_readers = rng.random() < non_readers
         return f
 
 
@@ -244,6 +249,47 @@ def _sse_line(line: str, kind: str, data: str, seen: dict[tuple[str, str], float
     return kind, data
 
 
+NON_READING = (("/v1/manifest", 10), ("/v1/events", 100))  # (path, clients) of each batch
+NON_READER_BATCH_S = 5.0
+
+
+async def non_reading_clients(
+    port: int, pid: Callable[[], int | None], stop: asyncio.Event, notes: dict[str, Any]
+) -> None:
+    """The non-reader fault: batches of clients that ask for the manifest or the event stream with a 4 KiB
+    receive buffer and never read, a new batch every few seconds (the sidecar may cut or restart them
+    meanwhile). Notes how many were opened and the highest RSS of the sidecar (`pid()`) seen meanwhile."""
+    loop = asyncio.get_running_loop()
+    opened = 0
+    peak_kib = 0
+    while not stop.is_set():
+        batch: list[socket.socket] = []
+        try:
+            for path, count in NON_READING:
+                for _ in range(count):
+                    s = socket.socket()
+                    batch.append(s)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    s.setblocking(False)
+                    await loop.sock_connect(s, ("127.0.0.1", port))
+                    await loop.sock_sendall(s, f"GET {path} HTTP/1.1\r\nHost: e2e\r\n\r\n".encode())
+                    opened += 1
+        except OSError:
+            pass  # the sidecar is restarting or gone: the next batch tries again
+        try:
+            end = time.monotonic() + NON_READER_BATCH_S
+            while time.monotonic() < end and not stop.is_set():
+                with contextlib.suppress(OSError, TypeError, ValueError):
+                    status = Path(f"/proc/{pid()}/status").read_text()
+                    peak_kib = max(peak_kib, int(status.split("VmRSS:")[1].split()[0]))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+        finally:
+            for s in batch:
+                s.close()
+            notes["non_readers"] = {"opened": opened, "sidecar_peak_rss_mib": round(peak_kib / 1024, 1)}
+
+
 def kill_group(proc: subprocess.Popen[bytes] | None) -> None:
     if proc is None:
         return
@@ -384,6 +430,13 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
     stop = asyncio.Event()
     follower = asyncio.create_task(follow_events(base, seen, stop))
     procs: list[subprocess.Popen[bytes]] = []
+
+    def sidecar_pid() -> int | None:
+        return next((p.pid for p in reversed(procs) if p.args[1:3] == ["-m", "sidecar"]), None)
+
+    stalled = None
+    if faults.non_readers:
+        stalled = asyncio.create_task(non_reading_clients(port, sidecar_pid, stop, res.notes))
     logs: list[Path] = []
     squeezer: asyncio.Task[None] | None = None
 
@@ -457,7 +510,7 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
             store.stop()
             res.notes["store_requests"] = len(store.calls)
         stop.set()
-        for task in (follower, ui_task, *([squeezer] if squeezer else [])):
+        for task in (follower, ui_task, *([squeezer] if squeezer else []), *([stalled] if stalled else [])):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task

@@ -80,6 +80,8 @@ async def main() -> int:
     p.add_argument("--json", type=Path, default=None, help="write every run's result here")
     p.add_argument("--max-seconds", type=float, default=6 * 3600, help="stop starting runs after this")
     p.add_argument("--jobs", type=int, default=1, help="runs at once (most of a run with UI faults is waiting)")
+    p.add_argument("--non-readers", type=float, default=0.3, metavar="P",
+                   help="share of runs with manifest and event clients that never read (0 to 1)")  # fmt: skip
     args = p.parse_args()
     rng = random.Random(args.seed)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="sidecar-soak-"))
@@ -87,7 +89,8 @@ async def main() -> int:
     started = time.monotonic()
     print(f"soak: {args.runs} runs, seed {args.seed}, burst {args.burst}, {args.jobs} at once, workdir {root}",
           flush=True)  # fmt: skip
-    plan = [Faults.random(rng, args.burst) for _ in range(args.runs)]  # the same runs whatever --jobs is
+    # the same runs whatever --jobs is
+    plan = [Faults.random(rng, args.burst, args.non_readers) for _ in range(args.runs)]
     slots = asyncio.Semaphore(max(1, args.jobs))
 
     async def one(i: int, faults: Faults) -> None:

@@ -1,0 +1,321 @@
+"""Responses that cannot pile up in memory (SPEC 9): big bodies written as fast as the client reads, never
+copied per connection; a write timeout for clients that stop reading; event-stream frames made once for
+every subscriber; memory handed back once many clients are gone."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import json
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+from sidecar.logs import get_logger
+from sidecar.manifest import Change, ManifestStore
+
+__all__ = (
+    "SLICE",
+    "SSE_HEADERS",
+    "WRITERS",
+    "BodyWriter",
+    "Frames",
+    "Hub",
+    "StalledReader",
+    "Trimmer",
+    "stream_events",
+)
+
+log = get_logger("sidecar.http")
+
+# What one connection may hold in user space while its reader is slow: one slice. 1,000 stalled subscribers
+# then hold 16 MiB at most. While the kernel has room, bytes go to the socket directly, STEP at a time.
+SLICE = 16 * 1024
+STEP = 256 * 1024
+# Connections writing in one loop iteration, one step each: an iteration stays short (~1 MB of copying)
+# however many subscribers are owed a manifest, so /healthz never waits behind 1,000 of them.
+WRITERS = 4
+REAP_S = 1.0  # how soon the end of an idle event stream's connection is noticed
+FRAMES_KEPT = 64  # encoded changes kept for subscribers that are behind (older ones are encoded again)
+TRIM_DELAY_S = 1.0
+TRIM_MAX_WAIT_S = 10.0
+SSE_PING_S = 15.0  # SPEC 5: a comment line at least every 15 s
+SSE_PING = b": ping\r\n\r\n"
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "Connection": "keep-alive",
+    "X-Accel-Buffering": "no",  # a proxy in front must pass events on at once
+}
+
+
+class StalledReader(ConnectionError):
+    """The client took nothing for the write timeout: its connection was cut."""
+
+
+class BodyWriter:
+    """Writes a response body without a copy of it per connection. While the transport's buffer is empty the
+    bytes go straight to the socket (`os.write`: the kernel takes what fits, nothing stays behind); once the
+    kernel is full, one slice goes to the transport, whose buffer limit is 0, and the writer waits until the
+    kernel took it. A client that takes nothing for `timeout` seconds is cut (`StalledReader`); one that reads
+    slowly but steadily is not. Chunked responses (event streams) get their framing here."""
+
+    def __init__(
+        self,
+        resp: web.StreamResponse,
+        transport: asyncio.Transport,
+        writer: AbstractStreamWriter,
+        turns: asyncio.Semaphore,
+    ) -> None:
+        self.resp = resp
+        self.transport = transport
+        self.writer = writer
+        self.turns = turns
+        self.fd: int = transport.get_extra_info("socket").fileno()
+        self.chunked = resp.chunked
+
+    @classmethod
+    async def start(cls, request: web.Request, resp: web.StreamResponse, turns: asyncio.Semaphore) -> BodyWriter:
+        transport = request.transport
+        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+            raise ConnectionResetError("connection lost")
+        transport.set_write_buffer_limits(high=0)
+        writer = await resp.prepare(request)
+        if writer is None:
+            raise ConnectionResetError("connection lost")
+        await writer.write(b"")  # aiohttp holds the headers back until the first write: they go out now
+        return cls(resp, transport, writer, turns)
+
+    async def write(self, data: bytes, timeout: float) -> None:
+        if not data:
+            return
+        try:
+            async with asyncio.timeout(None) as deadline:
+                if self.chunked:
+                    await self._raw(f"{len(data):x}\r\n".encode(), deadline, timeout)
+                await self._raw(data, deadline, timeout)
+                if self.chunked:
+                    await self._raw(b"\r\n", deadline, timeout)
+        except TimeoutError:
+            raise self._cut(timeout) from None
+
+    async def _raw(self, data: bytes, deadline: asyncio.Timeout, timeout: float) -> None:
+        view = memoryview(data).cast("B")
+        off, end = 0, len(view)
+        loop = asyncio.get_running_loop()
+        transport = self.transport
+        while off < end:
+            deadline.reschedule(loop.time() + timeout)  # per step: slow readers are fine, stalled ones not
+            async with self.turns:
+                if transport.is_closing():
+                    raise ConnectionResetError("connection lost")
+                if transport.get_write_buffer_size() == 0:
+                    want = min(STEP, end - off)
+                    try:
+                        sent = os.write(self.fd, view[off : off + want])
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    off += sent
+                    if sent < want:
+                        # The kernel is full: one slice waits in the transport, which wakes us once it is gone.
+                        transport.write(view[off : off + SLICE])
+                        off += min(SLICE, end - off)
+                # Keep the turn until the next loop iteration: the others wait on the semaphore, not in the
+                # ready queue, so one iteration writes WRITERS steps at most and requests get their turn.
+                await asyncio.sleep(0)
+            await self.writer.drain()  # at once, unless the transport holds something
+
+    async def end(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.resp.write_eof()
+        except TimeoutError:
+            raise self._cut(timeout) from None
+
+    def _cut(self, timeout: float) -> StalledReader:
+        """Abort (not close: a close would wait for the buffer to drain, which it never will)."""
+        log.info("http.stalled_reader_cut", peer=self.transport.get_extra_info("peername"), timeout_s=timeout)
+        self.transport.abort()
+        return StalledReader(f"the client read nothing for {timeout:g} s")
+
+
+class Hub:
+    """Wakes the event streams: at each change of the manifest, at exit, and when a subscriber's connection
+    closed. One task watches every connection once a second, instead of each idle stream waking to look
+    (aiohttp does not cancel a handler whose client left)."""
+
+    def __init__(self, store: ManifestStore) -> None:
+        self.store = store
+        self._event = asyncio.Event()
+        self._transports: set[asyncio.BaseTransport] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def join(self, transport: asyncio.BaseTransport) -> None:
+        self._transports.add(transport)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._watch(self.store.version), name="sse-hub")
+
+    def leave(self, transport: asyncio.BaseTransport) -> None:
+        self._transports.discard(transport)
+
+    def wake(self) -> None:
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    async def wait(self, timeout: float) -> None:
+        """Until the next wake-up, or `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._event.wait()
+
+    async def _watch(self, seen: int) -> None:
+        while self._transports:
+            await self.store.wait_change(REAP_S)
+            gone = {t for t in self._transports if t.is_closing()}
+            if gone or self.store.version != seen:
+                self._transports -= gone
+                seen = self.store.version
+                self.wake()
+
+    def close(self) -> None:
+        self.wake()
+        if self._task is not None:
+            self._task.cancel()
+
+
+def _frame(event: str, version: int, data: str) -> str:
+    return f"id: {version}\r\nevent: {event}\r\ndata: {data}\r\n\r\n"
+
+
+class Frames:
+    """Event-stream frames as bytes, made once and shared by every subscriber: the `manifest` event around the
+    store's cached body (never copied), and each change's frames per version and state. Re-made after the
+    store's body freshness (signed URLs in entries expire)."""
+
+    def __init__(self, store: ManifestStore) -> None:
+        self.store = store
+        self.fresh_s = min(60.0, store.ttl / 4)
+        self._changes: OrderedDict[tuple[int, str], tuple[float, bytes]] = OrderedDict()
+
+    def manifest(self) -> tuple[int, bytes, bytes, bytes]:
+        """(version, head, body, tail) of a `manifest` event: the body is the JSON on one line."""
+        version = self.store.version
+        body = self.store.body()
+        return version, f"id: {version}\r\nevent: manifest\r\ndata: ".encode(), body, b"\r\n\r\n"
+
+    def change(self, ch: Change) -> bytes:
+        store = self.store
+        key = (ch.version, store.state)
+        now = time.monotonic()
+        hit = self._changes.get(key)
+        if hit is not None and now - hit[0] < self.fresh_s:
+            self._changes.move_to_end(key)
+            return hit[1]
+        parts = []
+        if ch.upserted or ch.removed:
+            doc = {
+                "version": ch.version,
+                "state": store.state,
+                "upserted": [store.entry_doc(e) for e in ch.upserted],
+                "removed": list(ch.removed),
+            }
+            parts.append(_frame("artifacts", ch.version, json.dumps(doc)))
+        if ch.state_changed:
+            parts.append(_frame("state", ch.version, json.dumps({"version": ch.version, "state": store.state})))
+        if not parts:
+            parts.append(_frame("artifacts", ch.version, json.dumps({"version": ch.version})))
+        frames = "".join(parts).encode()
+        self._changes[key] = (now, frames)
+        while len(self._changes) > FRAMES_KEPT:
+            self._changes.popitem(last=False)
+        return frames
+
+
+async def stream_events(
+    out: BodyWriter, cur: int | None, frames: Frames, hub: Hub, closing: asyncio.Event, timeout: float
+) -> None:
+    """One subscriber's stream (SPEC 5): the manifest unless `cur` can be resumed, then each change, a
+    comment every 15 s; until exit or the connection's end. Every frame comes made from `frames`."""
+    store = frames.store
+    loop = asyncio.get_running_loop()
+    next_ping = loop.time() + SSE_PING_S
+    if cur is None or store.changes_since(cur) is None:
+        cur = await _send_manifest(out, frames, timeout)
+    while not closing.is_set() and not out.transport.is_closing():
+        changes = store.changes_since(cur)
+        if changes is None:
+            cur = await _send_manifest(out, frames, timeout)
+        elif changes:
+            for ch in changes:
+                await out.write(frames.change(ch), timeout)
+                cur = ch.version
+        elif loop.time() >= next_ping:
+            await out.write(SSE_PING, timeout)
+            next_ping = loop.time() + SSE_PING_S
+        else:
+            await hub.wait(next_ping - loop.time())
+
+
+async def _send_manifest(out: BodyWriter, frames: Frames, timeout: float) -> int:
+    version, head, body, tail = frames.manifest()
+    for part in (head, body, tail):
+        await out.write(part, timeout)
+    return version
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        fn = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+    if fn is None:
+        return None
+    fn.argtypes = [ctypes.c_size_t]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class Trimmer:
+    """Gives memory back once clients have gone. A stream that ends on a dropped connection leaves reference
+    cycles (the exception, its frames, the request) that only a full collection frees, its objects having
+    aged into the oldest generation; and glibc keeps freed heap unless asked. Both would keep RSS near its
+    peak after 1,000 subscribers left. So: one `gc.collect()` and a `malloc_trim(0)` (in a worker thread:
+    ctypes drops the GIL) a second after the last of a run of releases, and at least every 10 s while
+    releases go on."""
+
+    def __init__(self) -> None:
+        self._trim = _malloc_trim()
+        self._handle: asyncio.TimerHandle | None = None
+        self._first = 0.0
+
+    def soon(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._handle is None:
+            self._first = now
+        elif now - self._first < TRIM_MAX_WAIT_S:
+            self._handle.cancel()
+        else:
+            return
+        self._handle = loop.call_at(now + TRIM_DELAY_S, self._run)
+
+    def _run(self) -> None:
+        self._handle = None
+        t0 = time.perf_counter()
+        found = gc.collect()
+        log.debug("memory.collect", objects=found, ms=round((time.perf_counter() - t0) * 1000, 1))
+        if self._trim is not None:
+            asyncio.get_running_loop().run_in_executor(None, self._trim, 0)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
