@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO
 
 from sidecar.datauri import type_matches
-from sidecar.media import SNIFF_BYTES, extension_for, is_complete, is_complete_bytes, sniff
+from sidecar.imagecheck import damage
+from sidecar.media import SNIFF_BYTES, extension_for, is_complete, sniff
 from sidecar.scanner import Decoded, Dropped, Ended, Found, Scanner
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ class Outcome:
     sha256: str | None = None
     mime_type: str | None = None
     declared_mime_type: str | None = None  # only when the detected type differs from the declared one
-    reason: str | None = None  # invalid_base64 | empty | too_large | truncated
+    reason: str | None = None  # invalid_base64 | empty | too_large | truncated | corrupt | write_failed
     detail: str | None = None
     size_bytes: int | None = None
 
@@ -196,11 +197,26 @@ class _Sink:
             _write_all(self.fd, part)
         self.memory, self.held = [], 0
 
-    def complete(self, mime: str) -> bool:
+    def problem(self, mime: str) -> tuple[str, str] | None:
+        """Why the decoded bytes of a detected image type must not be published: (reason, detail), or None."""
         if self.fd < 0:
-            return is_complete_bytes(mime, b"".join(self.memory))
-        fd = self.fd
-        return is_complete(mime, lambda offset, size: os.pread(fd, size, offset), self.size)
+            data = b"".join(self.memory)  # at most _SPILL bytes
+            self.memory = [data]
+
+            def read_at(offset: int, size: int) -> bytes:
+                return data[offset : offset + size]
+        else:
+            fd = self.fd
+
+            def read_at(offset: int, size: int) -> bytes:
+                return os.pread(fd, size, offset)
+
+        if not is_complete(mime, read_at, self.size):
+            return "truncated", f"not a complete {mime} file: it ends before its structure does"
+        why = damage(mime, read_at, self.size)
+        if why is not None:
+            return "corrupt", f"a damaged {mime} file: {why}"
+        return None
 
     def commit(self, target: Path, batch: _Batch) -> None:
         """Hand the payload to the batch that makes it the file at target once it is durable."""
@@ -407,8 +423,9 @@ def _settle(path: Path, found: Found, ended: Ended, sink: _Sink, settings: Setti
         return rejected("truncated", "the SVG's closing </svg> tag never comes", detected or declared)
     declared_essence = _ALIASES.get(found.essence, found.essence)
     if detected is not None:
-        if not sink.complete(detected):
-            return rejected("truncated", f"not a complete {detected} file: it ends before its structure does", detected)
+        problem = sink.problem(detected)
+        if problem is not None:
+            return rejected(*problem, detected)
         mime = detected
         differs = not found.bare and declared_essence != detected
     elif declared_essence in _SNIFFABLE:

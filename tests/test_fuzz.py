@@ -482,7 +482,7 @@ def _check_materialized(root: Path, outcomes: list[Outcome]) -> set[str]:
     written: set[str] = set()
     for o in outcomes:
         if o.status == "rejected":
-            assert o.name is None and o.reason in ("invalid_base64", "empty", "too_large", "truncated")
+            assert o.name is None and o.reason in ("invalid_base64", "empty", "too_large", "truncated", "corrupt")
             continue
         assert o.status == "materialized" and o.name is not None
         data = (root / "artifacts" / o.name).read_bytes()
