@@ -33,10 +33,9 @@ BARE_START = re.compile(
     rb'"(?=[iRUQPAST/\\_7])(?:iVBORw0KGg|(?:/|\\/|_)9j(?:/|\\/|_)|R0lGOD[dl]h|UklGR|Qk|PHN2Zy|PD94bWw|77u/'
     rb"|AAABAA|SUkqAA|TU0AKg|AAAA[A-Za-z0-9+/_-]{2}Z0eXBh)"
 )
-# `"image/png": [` before a bare candidate: a Jupyter output as a list of line strings
-LIST_KEY = re.compile(
-    rb'"image/(?:png|jpeg|gif)"[ \t\r\n]{0,64}:[ \t\r\n]{0,64}\[[ \t\r\n]{0,64}(?=' + BARE_START.pattern + rb")"
-)
+# `"image/png": [` before a bare candidate: a Jupyter output as a list of line strings (nbformat writes
+# the key as it is here; find_data finds it in the same pass as `data:`)
+LIST_KEY = re.compile(rb'"image/(?:png|jpeg|gif)":[ \t\r\n]{0,64}\[[ \t\r\n]{0,64}(?=' + BARE_START.pattern + rb")")
 # bytes kept back at the end of a window so every start found before it can be judged within the window:
 # `data:`, a 256-byte media type, the comma and the start of an SVG (its escapes are judged on SVG_PEEK
 # bytes); a bare start's magic
@@ -44,7 +43,18 @@ SVG_PEEK = 256
 TAIL = 5 + 2 * 256 + 1 + SVG_PEEK + 8
 _MAGIC = 24  # longest text BARE_START matches
 _STRIDE = 16
-_DATA_COLON = re.compile(rb":(?<=[dD][aA][tT][aA]:)")  # the literal ':' first lets sre skip ahead in C
+# the literal ':' first lets sre skip ahead in C; a Jupyter list key is looked for in the same pass
+_DATA_COLON = re.compile(rb':(?:(?<=[dD][aA][tT][aA]:)|(?<="image/png":)|(?<="image/gif":)|(?<="image/jpeg":))')
+_LIST_KEY_HS = rb'"image/(?:png|gif|jpeg)":'
+_KEY_MAX = 13  # the longest of them, `"image/jpeg":`
+_QUOTE = 0x22
+
+
+def _key_start(buf: bytes, colon: int) -> int:
+    """Where the `"image/…":` key ending at this colon starts, or -1."""
+    if buf[colon - 11 : colon] in (b'"image/png"', b'"image/gif"'):
+        return colon - 11
+    return colon - 12 if buf[colon - 12 : colon] == b'"image/jpeg"' else -1
 
 
 class _Hyperscan:
@@ -59,21 +69,26 @@ class _Hyperscan:
         db = getattr(self.local, "db", None)
         if db is None:
             db = self.hs.Database(mode=self.hs.HS_MODE_BLOCK)
-            db.compile(expressions=[b"data:"], ids=[0], elements=1, flags=[self.hs.HS_FLAG_CASELESS])
+            db.compile(
+                expressions=[b"data:", _LIST_KEY_HS], ids=[0, 1], elements=2, flags=[self.hs.HS_FLAG_CASELESS, 0]
+            )
             self.local.db = db
         return db
 
-    def find(self, buf: bytes, start: int, end: int) -> int:
-        """Index of the first `data:` (any case) wholly inside buf[start:end], or -1."""
+    def find(self, buf: bytes, start: int, end: int, pos: int, limit: int) -> int:
+        """Index of the first `data:` (any case) or Jupyter list key wholly inside buf[start:end] that
+        starts in [pos, limit), or -1."""
         hit: list[int] = []
 
-        def on_match(_id: int, _from: int, to: int, _flags: int, _ctx: object) -> bool:
-            hit.append(to)
-            return True  # the first one is enough: stop
+        def on_match(kind: int, _from: int, to: int, _flags: int, _ctx: object) -> bool:
+            at = start + to - 5 if kind == 0 else _key_start(buf, start + to - 1)
+            if pos <= at < limit:
+                hit.append(at)
+            return bool(hit)  # the first one is enough: stop
 
         with contextlib.suppress(self.hs.ScanTerminated):
             self._db().scan(memoryview(buf)[start:end], match_event_handler=on_match)
-        return start + hit[0] - 5 if hit else -1
+        return hit[0] if hit else -1
 
 
 @functools.cache
@@ -128,22 +143,30 @@ class Window:
         return self.esc
 
     def find_data(self, pos: int, limit: int) -> int:
-        """Index of the first `data:` (any case) starting in [pos, limit), or -1."""
+        """Index of the first `data:` (any case), or of a Jupyter list key (`"image/png":`, LIST_KEY
+        says whether a list of base64 lines follows), starting in [pos, limit); or -1."""
         buf = self.buf
         c = pos + 3
         while self.colons > 0:
-            c = buf.find(b":", c + 1, limit + 4)
+            c = buf.find(b":", c + 1, limit + _KEY_MAX)
             if c < 0:
                 return -1
-            if buf[c - 4 : c].lower() == b"data":
-                return c - 4
+            at = c - 4 if buf[c - 4 : c].lower() == b"data" else _key_start(buf, c)
+            if pos <= at < limit:
+                return at
             self.colons -= 1
-        lo = c - 3  # a `data:` whose colon is past c; c >= pos + 3, so lo >= pos >= 0
+        # every colon up to c was looked at: a start whose colon is past c begins at lo or later
+        lo = max(pos, c + 1 - _KEY_MAX)
         hs = hyperscan()
         if hs is not None:
-            return hs.find(buf, lo, limit + 4)
-        m = _DATA_COLON.search(buf, c + 1, limit + 4)
-        return m.start() - 4 if m is not None else -1
+            return hs.find(buf, lo, limit + _KEY_MAX, pos, limit)
+        m = _DATA_COLON.search(buf, c + 1, limit + _KEY_MAX)
+        while m is not None:
+            at = m.start() - 4 if buf[m.start() - 1] != _QUOTE else _key_start(buf, m.start())
+            if pos <= at < limit:
+                return at
+            m = _DATA_COLON.search(buf, m.end(), limit + _KEY_MAX)
+        return -1
 
     def bare(self, pos: int, upto: int, run: int) -> int:
         """`find_bare` remembering what was searched: a search stops at the next `data:`, and after that
@@ -161,18 +184,7 @@ class Window:
         return self.bare_res
 
     def find_bare(self, pos: int, limit: int, run: int) -> int:
-        """Index of the first bare candidate in [pos, limit), or -1: a string's opening quote, or the key
-        of a Jupyter output split into a list of line strings (LIST_KEY)."""
-        b = self._find_string(pos, limit, run)
-        i = self.buf.find(b'"image/', pos, b if b >= 0 else limit)
-        while i >= 0:  # short line strings: the sampled search below cannot see them
-            if LIST_KEY.match(self.buf, i):
-                return i
-            i = self.buf.find(b'"image/', i + 1, b if b >= 0 else limit)
-        return b
-
-    def _find_string(self, pos: int, limit: int, run: int) -> int:
-        """Index of the first bare candidate string's opening quote in [pos, limit), or -1.
+        """Index of the first bare candidate's opening quote in [pos, limit), or -1.
 
         Only strings of at least `run` payload characters matter (`run` 0: all of them). For long
         ones the window is sampled every _STRIDE bytes first: such a string covers many consecutive

@@ -149,9 +149,11 @@ class Scanner:
         if d < 0 and b < 0:
             return limit
         if b < 0 or 0 <= d < b:
-            return self._data_url(w.buf, base, d, out)
-        key = LIST_KEY.match(w.buf, b)
-        if key is not None:
+            if w.buf[d] != _QUOTE:
+                return self._data_url(w.buf, base, d, out)
+            key = LIST_KEY.match(w.buf, d)  # `"image/png": [`, a Jupyter output as a list of lines?
+            if key is None or not self.bare_images:
+                return d + 1
             b = key.end()
         # `\\"iVBOR…\\"`: a JSON string escaped inside another one (Claude Code's .json tool results, API logs)
         escaped = (w.buf[b - 1] if b else self._prior[-1]) == _BSL

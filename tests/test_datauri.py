@@ -518,11 +518,31 @@ class TestScannerMemory:
 
 
 class TestFindData:
-    """The two ways `data:` is searched for past the colon budget (Hyperscan where installed, sre
-    everywhere) find the same first occurrence, wherever the window starts and ends."""
+    """The two ways `data:` (and a Jupyter `"image/png":` key) is searched for past the colon budget
+    (Hyperscan where installed, sre everywhere) find the same first occurrence, wherever the window starts
+    and ends."""
 
     @given(
-        st.lists(st.sampled_from([b"d", b"D", b"a", b"A", b"t", b"T", b":", b"x", b"data:", b"DaTa:"]), max_size=80),
+        st.lists(
+            st.sampled_from(
+                [
+                    b"d",
+                    b"D",
+                    b"a",
+                    b"A",
+                    b"t",
+                    b"T",
+                    b":",
+                    b"x",
+                    b"data:",
+                    b"DaTa:",
+                    b'"image/png"',
+                    b'"image/jpeg"',
+                    b'"',
+                ]
+            ),
+            max_size=80,
+        ),
         st.integers(0, 40),
         st.integers(0, 400),
     )
@@ -530,7 +550,8 @@ class TestFindData:
     def test_hyperscan_and_sre_agree(self, parts: list[bytes], pos: int, limit: int) -> None:
         buf = b"".join(parts)
         pos, limit = min(pos, len(buf)), min(max(pos, limit), len(buf))
-        want = next((i for i in range(pos, limit) if buf[i : i + 5].lower() == b"data:"), -1)
+        keys = (b'"image/png":', b'"image/jpeg":', b'"image/gif":')
+        want = next((i for i in range(pos, limit) if buf[i : i + 5].lower() == b"data:" or buf.startswith(keys, i)), -1)
         got = []
         for use_hyperscan in (True, False):
             w = Window(buf)
@@ -541,7 +562,8 @@ class TestFindData:
                     got.append(w.find_data(pos, limit))
             else:
                 got.append(w.find_data(pos, limit))
-        assert got == [want, want]
+        got.append(Window(buf).find_data(pos, limit))  # memchr for the colons first
+        assert got == [want, want, want]
 
     def test_hyperscan_is_used_where_installed(self) -> None:
         pytest.importorskip("hyperscan")
