@@ -7,7 +7,6 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from typing import NoReturn
-from xml.parsers import expat
 
 __all__ = ("ReadAt", "damage", "damage_bytes")
 
@@ -174,6 +173,8 @@ def _webp(r: _Reader) -> None:
 
 
 def _svg(r: _Reader) -> None:
+    from xml.parsers import expat  # only once an SVG is checked: not every run needs it
+
     parser = expat.ParserCreate()
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     roots: list[str] = []

@@ -285,10 +285,10 @@ class Scanner:
         breaks, another terminator) makes the check fail and the caller take the exact path.
         """
         buf = w.buf
-        q = buf.find(_QUOTE if st.bare else self._guess, pos)
+        q = buf.find(st.quote if st.bare else self._guess, pos)
         if q < 0:
             q = len(buf)
-        e = q
+        e = q - 2 if st.bare and buf[q - 2 : q] == b"\\n" else q  # a Jupyter output's last `\n`
         while e > pos and buf[e - 1] == _EQ:
             e -= 1
         if e - pos < _FAST_MIN:

@@ -18,6 +18,7 @@ from helpers import wait_manifest
 from sidecar.config import Settings
 from sidecar.materialize import materialize_file
 from sidecar.media import is_complete_bytes
+from sidecar.scanner import scan_bytes
 
 Image = pytest.importorskip("PIL.Image")
 
@@ -288,3 +289,39 @@ class TestOffsets:
             raw.index(b"data:image/svg"),
         ]
         assert all(o.status == "materialized" for o in outcomes)
+
+
+class TestSplits:
+    """The new shapes are found the same whatever pieces the text arrives in (bounded-memory streaming)."""
+
+    def test_every_split_near_a_payload_edge_and_tiny_pieces(self) -> None:
+        rng = random.Random(21)
+        a, b, c, d = (encode(rng, "png") for _ in range(4))
+        enc_c = b64(c)
+        lines = [enc_c[i : i + 76] + "\\n" for i in range(0, len(enc_c), 76)]
+        jl = '",\n  "'.join(lines)
+        s = svg(rng, prolog=True).decode()
+        text = (
+            f"data:image/png;base64,{b64(unpadded(rng))}\nDone\n"
+            + '{"body": "{\\"data\\": \\"'
+            + b64(a)
+            + '\\"}"}\n'
+            + '{"image/png": "'
+            + b64(b)
+            + '\\n", "x": 1}\n'
+            + '{"image/png": [\n  "'
+            + jl
+            + '"\n ]}\n'
+            + json.dumps({"svg": "data:image/svg+xml," + s}, ensure_ascii=True)
+            + "\r\ndata:image/png;base64,"
+            + "\r\n".join(b64(d)[i : i + 64] for i in range(0, len(b64(d)), 64))
+            + "\r\nok\r\n"
+        ).encode()
+        whole = scan_bytes(text, min_bare_bytes=512)
+        assert len(whole) == 6 and all(m.error is None for m in whole)
+        edges = {e + k for m in whole for e in (m.offset, m.end) for k in range(-9, 10)}
+        edges |= {i + k for i in range(len(text)) if text[i : i + 1] in (b"\n", b"\\") for k in (-1, 0, 1, 2)}
+        for cut in sorted(e for e in edges if 0 <= e <= len(text)):
+            assert scan_bytes(text, min_bare_bytes=512, splits=[cut]) == whole, cut
+        for step in (1, 3, 7, 64):
+            assert scan_bytes(text, min_bare_bytes=512, splits=range(0, len(text), step)) == whole, step
