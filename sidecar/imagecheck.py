@@ -51,7 +51,8 @@ def damage(mime: str, read_at: ReadAt, size: int) -> str | None:
     PNG: every chunk's CRC up to IEND. JPEG: segments chain from SOI to EOI with a frame and a scan.
     GIF: header, blocks and sub-blocks up to the trailer, at least one image. WebP: RIFF chunk sizes
     that add up. SVG: well-formed XML whose root is `svg`, parsed without DTD entities (an entity
-    declaration is refused: no expansion bombs, no external entities). Other types are not checked.
+    declaration is refused: no expansion bombs, no external entities). ICO: the CRCs of PNG entries.
+    Other types are not checked.
     """
     check = _CHECKS.get(mime.split(";", 1)[0].strip().lower())
     if check is None:
@@ -63,8 +64,7 @@ def damage(mime: str, read_at: ReadAt, size: int) -> str | None:
     return None
 
 
-def _png(r: _Reader) -> None:
-    pos = 8
+def _png(r: _Reader, pos: int = 8) -> None:
     while True:
         length, kind = struct.unpack(">I4s", r.take(pos, 8))
         if length > 0x7FFFFFFF or not kind.isalpha():
@@ -200,10 +200,21 @@ def _svg(r: _Reader) -> None:
         raise _Damaged("the root element is not svg")
 
 
+def _ico(r: _Reader) -> None:
+    """An icon's entries may be whole PNG files (Pillow and Windows write them so): their CRCs too."""
+    (count,) = struct.unpack("<H", r.take(4, 2))
+    for i in range(count):
+        _, offset = struct.unpack("<II", r.take(6 + 16 * i + 8, 8))
+        if r.take(offset, 8) == b"\x89PNG\r\n\x1a\n":
+            _png(r, offset + 8)
+
+
 _CHECKS: dict[str, Callable[[_Reader], None]] = {
     "image/png": _png,
     "image/jpeg": _jpeg,
     "image/gif": _gif,
     "image/webp": _webp,
     "image/svg+xml": _svg,
+    "image/x-icon": _ico,
+    "image/vnd.microsoft.icon": _ico,
 }

@@ -216,6 +216,11 @@ class TestCorrupt:
     def test_png_with_a_flipped_idat_byte(self, settings: Settings, source: Callable[..., Path]) -> None:
         self._one(settings, source, "image/png", flip_idat(png(12), random.Random(1)))
 
+    def test_icon_whose_png_entry_is_damaged(self, settings: Settings, source: Callable[..., Path]) -> None:
+        ico = encode(random.Random(22), "ico")
+        i = ico.index(b"IDAT") + 10
+        self._one(settings, source, "image/x-icon", ico[:i] + bytes([ico[i] ^ 1]) + ico[i + 1 :])
+
     def test_jpeg_whose_segments_do_not_chain(self, settings: Settings, source: Callable[..., Path]) -> None:
         jpg = encode(random.Random(13), "jpeg")
         i = jpg.index(b"\xff\xdb")  # the DQT segment's length is one too long
@@ -253,8 +258,9 @@ class TestCorrupt:
         from sidecar.imagecheck import damage_bytes
 
         rng = random.Random(16)
-        for kind in ("png", "jpeg", "gif", "webp", "svg+xml"):
-            assert damage_bytes(f"image/{kind}", encode(rng, kind)) is None, kind
+        for kind in ("png", "jpeg", "gif", "webp", "svg+xml", "ico"):
+            mime = "image/x-icon" if kind == "ico" else f"image/{kind}"
+            assert damage_bytes(mime, encode(rng, kind)) is None, kind
         assert damage_bytes("image/svg+xml", svg(rng, prolog=True)) is None
 
     async def test_corrupt_reaches_the_manifest_and_metrics(self, run_sidecar, workspace, http) -> None:  # type: ignore[no-untyped-def]
