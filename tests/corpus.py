@@ -304,14 +304,15 @@ def php_json(rng: random.Random, kind: str) -> CorpusFile:
 
 
 def svg_shapes(rng: random.Random, variant: int) -> CorpusFile:
-    """Raw SVG (in markdown, in a JSON string, with a prolog), percent-encoded (with a prolog), base64."""
-    prolog = variant in (2, 4)
+    """Raw SVG in text (0; with a prolog 2) or in a JSON string (1; 6), base64 (3), percent-encoded with a
+    prolog (4) or without (5)."""
+    prolog = variant in (2, 4, 6)
     data = svg(rng, prolog=prolog)
     raw = data.decode()
     f = CorpusFile(f"svg/{rng.randrange(10**6)}-{variant}.txt", f"svg-{variant}")
     if variant in (0, 2):  # raw, in text
         return f.add("Chart:\n", Payload("data:image/svg+xml;utf8," + raw, "recover", data, "svg"), "\nthat is all\n")
-    if variant == 1:  # raw, inside a JSON string: its quotes and newlines are escaped
+    if variant in (1, 6):  # raw, inside a JSON string: its quotes and newlines are escaped
         text = "data:image/svg+xml," + json.dumps(raw)[1:-1]
         return f.add('{"image": "', Payload(text, "recover", data, "svg"), '", "n": 1}\n')
     if variant == 3:  # base64
@@ -411,7 +412,7 @@ def build(seed: int = 13, count: int = 220) -> list[CorpusFile]:
     for form in range(3):
         for kind in ("png", "jpeg", "gif"):
             makers.append(lambda f=form, k=kind: jupyter(rng, k, f))
-    for variant in range(5):
+    for variant in range(7):
         makers.append(lambda v=variant: svg_shapes(rng, v))
     makers += [lambda: for_loop(rng, "png"), lambda: second_url_on_next_line(rng)]
     makers += [lambda: damaged(rng, False), lambda: damaged(rng, True)]
