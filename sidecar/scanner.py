@@ -1,7 +1,4 @@
-"""SPEC 4.2: finding data URLs and bare base64 images in a stream of bytes, in bounded memory.
-
-The state machine: `scanfind` finds where payloads may start, `scanpayload` reads one payload.
-"""
+"""SPEC 4.2: data URLs and bare base64 images in a stream of bytes, in bounded memory (the state machine)."""
 
 from __future__ import annotations
 
@@ -52,6 +49,8 @@ _LOOK = 200  # bytes past the end of a payload's characters that decide what the
 
 class Scanner:
     """Finds data URLs (and bare base64 images in JSON strings) in bytes fed in chunks of any size.
+
+    `scanfind` finds where payloads may start, `scanpayload` reads one; this class moves between them.
 
     `feed()` and `close()` return events in text order: `Found`, then `Decoded` pieces, then `Ended`
     (or `Dropped` for a bare candidate that turned out not to be one). Offsets are byte offsets in
@@ -119,13 +118,14 @@ class Scanner:
             elif isinstance(st, TextPayload):
                 pos, done = read_text(st, buf, base, pos, final, out)
             else:
-                res = read_svg(st, buf, base, pos, final, self.svg_lookahead, out)
+                res = read_svg(st, buf, base, pos, final, self.svg_lookahead, self._prior, out)
                 if isinstance(res, tuple):
                     pos, done = res
                 else:  # gave up on the closing tag: scan the held-back text again, from the terminator
                     self._state = None
                     assert st.term is not None
                     buf, base, pos = res, st.term, 0
+                    self._prior = st.term_prior
                     w = Window(buf)
                     continue
             if not done:

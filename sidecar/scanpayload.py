@@ -270,7 +270,7 @@ class SvgPayload:
     are decoded first (SPEC 4.2).
     """
 
-    __slots__ = ("decoder", "depth", "json", "offset", "pending", "pending_len", "term")
+    __slots__ = ("decoder", "depth", "json", "offset", "pending", "pending_len", "term", "term_prior")
 
     def __init__(self, offset: int, depth: int, json: bool) -> None:
         self.offset = offset
@@ -278,6 +278,7 @@ class SvgPayload:
         self.json = JsonDecoder() if json else None
         self.depth = depth  # open <svg> elements (0 while still in the prolog)
         self.term: int | None = None
+        self.term_prior = b""  # the two bytes before term: what a scan from there needs to know
         self.pending: list[bytes] = []
         self.pending_len = 0
 
@@ -351,10 +352,10 @@ def read_text(st: TextPayload, buf: bytes, base: int, pos: int, final: bool, out
 
 
 def read_svg(
-    st: SvgPayload, buf: bytes, base: int, pos: int, final: bool, lookahead: int, out: list[Event]
+    st: SvgPayload, buf: bytes, base: int, pos: int, final: bool, lookahead: int, prior: bytes, out: list[Event]
 ) -> tuple[int, bool] | bytes:
     """Read on to the closing tag: (where scanning goes on, payload over?), or the held-back text to scan
-    again when the closing tag never came."""
+    again when the closing tag never came (`prior`: the two bytes before buf)."""
     n = len(buf)
     limit = n if final else n - TAG_MAX
     if limit <= pos:
@@ -388,6 +389,8 @@ def read_svg(
         if t is not None and close < 0:
             out.append(st.feed(buf[pos : t.start()]))
             st.term = base + t.start()
+            k = t.start()
+            st.term_prior = buf[k - 2 : k] if k >= 2 else (prior + buf[:k])[-2:]
             st.pending = [buf[t.start() : upto]]
             st.pending_len = upto - t.start()
         else:
