@@ -186,9 +186,8 @@ def claude_txt(rng: random.Random, kind: str) -> CorpusFile:
     data = unpadded(rng, "png") if rng.random() < 0.5 else encode(rng, kind)
     k = "png" if data.startswith(b"\x89PNG") else kind
     f = CorpusFile(f"tool-results/toolu_{rng.randrange(16**8):08x}.txt", "claude-txt")
-    return f.add(
-        "$ python plot.py\nSaved chart:\n", url(data, k), f"\n{rng.choice(['Done', 'saved', 'OK all good'])}\n"
-    )
+    after = rng.choice(["Done", "saved", "OK all good"])
+    return f.add("$ python plot.py — ventes Q3 ✓\nSaved chart:\n", url(data, k), f"\n{after}\n")
 
 
 def claude_json(rng: random.Random, kind: str) -> CorpusFile:
@@ -278,7 +277,7 @@ def for_loop(rng: random.Random, kind: str) -> CorpusFile:
 def markdown(rng: random.Random, kind: str) -> CorpusFile:
     data = encode(rng, kind)
     f = CorpusFile(f"md/{rng.randrange(10**6)}.md", "markdown")
-    return f.add("Here is the chart:\n\n![chart](", url(data, kind), ")\n\nAnd the rest.\n")
+    return f.add("Voilà le graphique 📈:\n\n![chart](", url(data, kind), ")\n\nAnd the rest.\n")
 
 
 def html(rng: random.Random, kind: str) -> CorpusFile:
