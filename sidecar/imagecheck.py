@@ -50,9 +50,9 @@ def damage(mime: str, read_at: ReadAt, size: int) -> str | None:
 
     PNG: every chunk's CRC up to IEND. JPEG: segments chain from SOI to EOI with a frame and a scan.
     GIF: header, blocks and sub-blocks up to the trailer, at least one image. WebP: RIFF chunk sizes
-    that add up. SVG: well-formed XML whose root is `svg`, parsed without DTD entities (an entity
-    declaration is refused: no expansion bombs, no external entities). ICO: the CRCs of PNG entries.
-    Other types are not checked.
+    that add up. SVG: namespace-well-formed XML whose root is the SVG namespace's `svg`, parsed without
+    DTD entities (a declaration is refused: no expansion bombs, no external entities). ICO: the CRCs
+    of PNG entries. Other types are not checked.
     """
     check = _CHECKS.get(mime.split(";", 1)[0].strip().lower())
     if check is None:
@@ -175,7 +175,9 @@ def _webp(r: _Reader) -> None:
 def _svg(r: _Reader) -> None:
     from xml.parsers import expat  # only once an SVG is checked: not every run needs it
 
-    parser = expat.ParserCreate()
+    # namespace-aware like a browser: an unbound prefix is an error there, and without the SVG namespace on
+    # its root an <img> shows nothing
+    parser = expat.ParserCreate(namespace_separator=" ")
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     roots: list[str] = []
 
@@ -196,8 +198,8 @@ def _svg(r: _Reader) -> None:
         parser.Parse(b"", True)
     except expat.ExpatError as e:
         raise _Damaged(f"not well-formed XML: {expat.ErrorString(e.code)} at line {e.lineno}") from None
-    if not roots or roots[0].rpartition(":")[2] != "svg":
-        raise _Damaged("the root element is not svg")
+    if not roots or roots[0] != _SVG_ROOT:
+        raise _Damaged(f"the root element is {roots[0] if roots else 'missing'}, not svg in the SVG namespace")
 
 
 def _ico(r: _Reader) -> None:
@@ -208,6 +210,8 @@ def _ico(r: _Reader) -> None:
         if r.take(offset, 8) == b"\x89PNG\r\n\x1a\n":
             _png(r, offset + 8)
 
+
+_SVG_ROOT = "http://www.w3.org/2000/svg svg"
 
 _CHECKS: dict[str, Callable[[_Reader], None]] = {
     "image/png": _png,

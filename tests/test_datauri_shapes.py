@@ -246,8 +246,10 @@ class TestCorrupt:
             b'<svg xmlns="http://www.w3.org/2000/svg"><text>a \\"quoted\\" b</text><rect x=\\"1\\"/></svg>',
             b'<?xml version="1.0"?><!DOCTYPE svg [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;">]>'
             b'<svg xmlns="http://www.w3.org/2000/svg"><text>&b;</text></svg>',  # entities: never expanded
+            b'<svg xmlns="http://www.w3.org/2000/svg"><use xlink:href="#a"/></svg>',  # a browser refuses it
+            b'<svg width="10" height="10"><rect width="5" height="5"/></svg>',  # an <img> shows nothing
         ],
-        ids=["not-well-formed", "escaped-quotes-outside-json", "entity-declarations"],
+        ids=["not-well-formed", "escaped-quotes-outside-json", "entity-declarations", "unbound-prefix", "no-namespace"],
     )
     def test_svg_that_is_not_well_formed_or_declares_entities(
         self, settings: Settings, source: Callable[..., Path], text: bytes
