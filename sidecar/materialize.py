@@ -9,21 +9,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import hashlib
 import json
 import os
 import secrets
 import stat
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO
 
 from sidecar.datauri import type_matches
-from sidecar.imagecheck import damage
-from sidecar.media import SNIFF_BYTES, extension_for, is_complete, sniff
+from sidecar.media import extension_for, sniff
 from sidecar.scanner import Decoded, Dropped, Ended, Found, Scanner
+from sidecar.sink import Batch, Sink, write_all
 
 if TYPE_CHECKING:
     from sidecar.config import Settings
@@ -32,10 +30,6 @@ __all__ = ("NotARegularFile", "Outcome", "materialize_file", "run_materialize")
 
 _READ = 1 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt(3)
-_SPILL = 4 << 20  # decoded bytes held in memory before they go to the temp file
-# Payloads are made durable in batches: one filesystem sync for many files costs about what one fsync does.
-_BATCH_FILES = 256
-_BATCH_BYTES = 64 << 20
 # two spellings of one type must not count as "the detected type differs from the declared one"
 _ALIASES = {
     "image/jpg": "image/jpeg",
@@ -141,189 +135,6 @@ def materialize_file(path: Path, settings: Settings) -> list[Outcome]:
         os.close(fd)
 
 
-# --------------------------------------------------------------------------------------
-# decoding one payload
-# --------------------------------------------------------------------------------------
-
-
-class _Sink:
-    """Where the decoded bytes of one payload go: memory first, a hidden temp file once large."""
-
-    def __init__(self, directory: Path, limit: int) -> None:
-        self.directory = directory
-        self.limit = limit
-        self.size = 0
-        self.sha = hashlib.sha256()
-        self.head = b""
-        self.memory: list[bytes] = []
-        self.held = 0
-        self.fd = -1
-        self.tmp: Path | None = None
-        self.error: OSError | None = None  # writing the temp file failed (disk full...): nothing is kept
-
-    @property
-    def too_large(self) -> bool:
-        return self.size > self.limit
-
-    def write(self, data: bytes) -> None:
-        if not data:
-            return
-        if len(self.head) < SNIFF_BYTES:
-            self.head += data[: SNIFF_BYTES - len(self.head)]
-        self.size += len(data)
-        if self.too_large:  # it will be rejected: stop storing, keep counting
-            self.discard()
-            return
-        self.sha.update(data)
-        if self.error is not None:
-            return
-        if self.fd < 0 and self.held + len(data) <= _SPILL:
-            self.memory.append(data)
-            self.held += len(data)
-            return
-        try:
-            if self.fd < 0:
-                self._spill()
-            _write_all(self.fd, data)
-        except OSError as e:
-            self.error = e
-            self.discard()
-
-    def _spill(self) -> None:
-        # a dot name ending in .tmp: the watcher of the artifacts dir ignores it (SPEC 3)
-        self.tmp = self.directory / f".datauri-{secrets.token_hex(8)}.tmp"
-        self.fd = os.open(self.tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        for part in self.memory:
-            _write_all(self.fd, part)
-        self.memory, self.held = [], 0
-
-    def problem(self, mime: str) -> tuple[str, str] | None:
-        """Why the decoded bytes of a detected image type must not be published: (reason, detail), or None."""
-        if self.fd < 0:
-            data = b"".join(self.memory)  # at most _SPILL bytes
-            self.memory = [data]
-
-            def read_at(offset: int, size: int) -> bytes:
-                return data[offset : offset + size]
-        else:
-            fd = self.fd
-
-            def read_at(offset: int, size: int) -> bytes:
-                return os.pread(fd, size, offset)
-
-        if not is_complete(mime, read_at, self.size):
-            return "truncated", f"not a complete {mime} file: it ends before its structure does"
-        why = damage(mime, read_at, self.size)
-        if why is not None:
-            return "corrupt", f"a damaged {mime} file: {why}"
-        return None
-
-    def commit(self, target: Path, batch: _Batch) -> None:
-        """Hand the payload to the batch that makes it the file at target once it is durable."""
-        if target in batch.targets:
-            self.discard()  # the same payload twice in one batch: the name carries the hash
-            return
-        with contextlib.suppress(OSError):
-            st = os.stat(target, follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode) and st.st_size == self.size:
-                self.discard()  # identical payloads give one file
-                return
-        try:
-            if self.fd < 0:
-                self._spill()
-            assert self.tmp is not None
-            os.close(self.fd)
-            self.fd = -1
-        except OSError:
-            self.discard()
-            raise
-        batch.add(self.tmp, target, self.size)
-        self.tmp = None
-
-    def discard(self) -> None:
-        self.memory, self.held = [], 0
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.tmp)
-            self.tmp = None
-
-
-class _Batch:
-    """Payloads written to hidden temp files but not yet durable. `flush` syncs the filesystem once, then
-    renames them into place: a crash before that leaves only ignored temp names, never a torn artifact."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.items: list[tuple[Path, Path]] = []
-        self.targets: set[Path] = set()
-        self.size = 0
-
-    def add(self, tmp: Path, target: Path, size: int) -> None:
-        self.items.append((tmp, target))
-        self.targets.add(target)
-        self.size += size
-
-    @property
-    def full(self) -> bool:
-        return len(self.items) >= _BATCH_FILES or self.size >= _BATCH_BYTES
-
-    def flush(self) -> dict[str, OSError]:
-        """Make every pending payload durable and visible; returns the artifact names that failed."""
-        items, self.items, self.targets, self.size = self.items, [], set(), 0
-        if not items:
-            return {}
-        failed: dict[str, OSError] = {}
-        try:
-            _sync_filesystem(self.directory)
-        except OSError:
-            for tmp, target in items:  # no syncfs here: one fsync a file
-                try:
-                    fd = os.open(tmp, os.O_RDONLY | os.O_CLOEXEC)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                except OSError as e:
-                    failed[target.name] = e
-        for tmp, target in items:
-            if target.name not in failed:
-                try:
-                    os.replace(tmp, target)
-                    continue
-                except OSError as e:
-                    failed[target.name] = e
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        return failed
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
-    try:
-        func: Callable[[int], int] | None = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
-    except OSError:
-        return None
-    return func
-
-
-_SYNCFS = _load_syncfs() if sys.platform.startswith("linux") else None
-
-
-def _sync_filesystem(directory: Path) -> None:
-    """syncfs(2) on the artifacts dir's filesystem: every file written so far is on disk when it returns."""
-    if _SYNCFS is None:
-        raise OSError(errno.ENOSYS, "syncfs is not available")
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        if _SYNCFS(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
-    finally:
-        os.close(fd)
-
-
 def _scan(fd: int, path: Path, settings: Settings) -> tuple[list[Outcome], list[tuple[int, int, bytes]]]:
     scanner = Scanner(
         settings.data_url_types,
@@ -332,9 +143,9 @@ def _scan(fd: int, path: Path, settings: Settings) -> tuple[list[Outcome], list[
     )
     outcomes: list[Outcome] = []
     edits: list[tuple[int, int, bytes]] = []
-    batch = _Batch(settings.artifacts_dir)
+    batch = Batch(settings.artifacts_dir)
     found: Found | None = None
-    sink: _Sink | None = None
+    sink: Sink | None = None
     offset = 0
     try:
         while True:
@@ -347,7 +158,7 @@ def _scan(fd: int, path: Path, settings: Settings) -> tuple[list[Outcome], list[
                         sink.write(ev.data)
                 elif isinstance(ev, Found):
                     found = ev
-                    sink = _Sink(settings.artifacts_dir, settings.max_data_url_bytes)
+                    sink = Sink(settings.artifacts_dir, settings.max_data_url_bytes)
                 elif isinstance(ev, Ended) and found is not None and sink is not None:
                     outcome = _settle(path, found, ev, sink, settings, batch)
                     sink.discard()
@@ -393,7 +204,7 @@ def _failed_writes(
     return [e for e in edits if e[2] not in gone]
 
 
-def _settle(path: Path, found: Found, ended: Ended, sink: _Sink, settings: Settings, batch: _Batch) -> Outcome | None:
+def _settle(path: Path, found: Found, ended: Ended, sink: Sink, settings: Settings, batch: Batch) -> Outcome | None:
     """Decide about one finished payload: None (left alone), rejected, or written as an artifact."""
 
     def rejected(reason: str, detail: str, mime: str | None) -> Outcome | None:
@@ -451,7 +262,7 @@ def _settle(path: Path, found: Found, ended: Ended, sink: _Sink, settings: Setti
     )
 
 
-def _write_failed(path: Path, ended: Ended, sink: _Sink, mime: str | None, error: OSError) -> Outcome:
+def _write_failed(path: Path, ended: Ended, sink: Sink, mime: str | None, error: OSError) -> Outcome:
     detail = f"the artifact could not be written: {error.strerror or error}"
     return Outcome(
         path, ended.offset, "rejected", mime_type=mime, reason="write_failed", detail=detail, size_bytes=sink.size
@@ -477,7 +288,7 @@ def _rewrite(fd: int, path: Path, before: os.stat_result, edits: list[tuple[int,
         pos = 0
         for start, end, replacement in edits:
             _copy_range(fd, out, pos, start)
-            _write_all(out, replacement)
+            write_all(out, replacement)
             pos = end
         _copy_range(fd, out, pos, before.st_size)
         os.fchmod(out, stat.S_IMODE(before.st_mode))
@@ -514,14 +325,8 @@ def _copy_range(src: int, dst: int, start: int, end: int) -> None:
         data = os.pread(src, min(_READ, end - start), start)
         if not data:
             raise OSError(errno.EIO, "the source file shrank while it was rewritten")
-        _write_all(dst, data)
+        write_all(dst, data)
         start += len(data)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _fsync_dir(directory: Path) -> None:
