@@ -42,6 +42,7 @@ def _decodes(path: Path) -> None:
 
 
 def test_corpus(tmp_path: Path) -> None:
+    """220 seeded files: 100 % recall byte-exact, nothing broken or bait published, exact rewrites, idempotent."""
     files = build(seed=13, count=220)
     assert len(files) >= 200
     for f in files:

@@ -108,6 +108,7 @@ class TestLineBreaks:
     def test_fixed_width_wrapping_still_continues(
         self, settings: Settings, source: Callable[..., Path], width: int, sep: str
     ) -> None:
+        """Base64 wrapped at one width W (60..120, LF, CRLF or `\\n`) is still one payload; the next line is kept."""
         data = png(5)
         enc = b64(data)
         text = "x\ndata:image/png;base64," + sep.join(enc[i : i + width] for i in range(0, len(enc), width))
@@ -121,6 +122,7 @@ class TestBareEscaped:
     """2. A bare base64 image escaped inside another JSON string (Claude Code .json, API logs)."""
 
     def test_image_block_inside_a_json_string(self, settings: Settings, source: Callable[..., Path]) -> None:
+        """An image block serialized into another JSON string (`\\"data\\": \\"iVBOR…\\"`): found, rewritten."""
         data = png(6)
         inner = json.dumps(
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": b64(data)}}
@@ -148,6 +150,7 @@ class TestJupyter:
 
     @pytest.mark.parametrize("form", ["one-string", "wrapped-76", "list-of-lines", "list-last-line-bare"])
     def test_outputs(self, settings: Settings, source: Callable[..., Path], form: str) -> None:
+        """Jupyter's image/png output: one string ending in `\\n`, wrapped at 76, or a list of lines."""
         data = png(8)
         enc = b64(data)
         if form == "one-string":
@@ -173,6 +176,7 @@ class TestRawSvg:
     """4. Raw SVG inside JSON strings is unescaped; an XML prolog starts an SVG; `#` is kept."""
 
     def test_svg_in_a_json_string_is_unescaped(self, settings: Settings, source: Callable[..., Path]) -> None:
+        """A raw SVG after an unescaped `"` is JSON-unescaped before it is checked and written."""
         data = svg(random.Random(9))
         assert b'"' in data and b"\n" in data and b"#" in data
         text = json.dumps({"image": "data:image/svg+xml;utf8," + data.decode(), "next": "kept"})
@@ -183,6 +187,7 @@ class TestRawSvg:
         assert json.loads(src.read_bytes().decode()) == {"image": f"/artifacts/{o.name}", "next": "kept"}
 
     def test_svg_with_unicode_escapes(self, settings: Settings, source: Callable[..., Path]) -> None:
+        """`\\uXXXX` escapes (surrogate pairs too) and `\\/` in a JSON-escaped SVG decode to its UTF-8 text."""
         data = svg(random.Random(10)).replace(b"legend", "légende ✓ 😀".encode())
         text = json.dumps({"image": "data:image/svg+xml," + data.decode()}, ensure_ascii=True).replace("/", "\\/")
         src = source(text)
@@ -214,26 +219,31 @@ class TestCorrupt:
         assert not settings.artifacts_dir.exists() or not list(settings.artifacts_dir.iterdir())
 
     def test_png_with_a_flipped_idat_byte(self, settings: Settings, source: Callable[..., Path]) -> None:
+        """One flipped IDAT byte, IEND intact: the CRC says corrupt."""
         self._one(settings, source, "image/png", flip_idat(png(12), random.Random(1)))
 
     def test_icon_whose_png_entry_is_damaged(self, settings: Settings, source: Callable[..., Path]) -> None:
+        """An icon whose PNG entry has a bad CRC is corrupt."""
         ico = encode(random.Random(22), "ico")
         i = ico.index(b"IDAT") + 10
         self._one(settings, source, "image/x-icon", ico[:i] + bytes([ico[i] ^ 1]) + ico[i + 1 :])
 
     def test_jpeg_whose_segments_do_not_chain(self, settings: Settings, source: Callable[..., Path]) -> None:
+        """A segment length one too long breaks the chain from SOI to EOI: corrupt."""
         jpg = encode(random.Random(13), "jpeg")
         i = jpg.index(b"\xff\xdb")  # the DQT segment's length is one too long
         length = struct.unpack(">H", jpg[i + 2 : i + 4])[0]
         self._one(settings, source, "image/jpeg", jpg[: i + 2] + struct.pack(">H", length + 1) + jpg[i + 4 :])
 
     def test_gif_with_an_impossible_lzw_code_size(self, settings: Settings, source: Callable[..., Path]) -> None:
+        """An LZW minimum code size of 0 is corrupt."""
         gif = encode(random.Random(14), "gif")
         i = gif.index(b"\x2c", 13 + (3 << ((gif[10] & 7) + 1) if gif[10] & 0x80 else 0))  # the first image
         j = i + 10 + (3 << ((gif[i + 9] & 7) + 1) if gif[i + 9] & 0x80 else 0)  # its LZW minimum code size
         self._one(settings, source, "image/gif", gif[:j] + b"\x00" + gif[j + 1 :])
 
     def test_webp_whose_chunk_sizes_do_not_add_up(self, settings: Settings, source: Callable[..., Path]) -> None:
+        """A RIFF size past the last chunk is corrupt."""
         webp = encode(random.Random(15), "webp")
         riff = struct.unpack("<I", webp[4:8])[0]
         bad = webp[:4] + struct.pack("<I", riff + 8) + webp[8:] + b"JUNK\xff\x00\x00\x00"
@@ -254,9 +264,11 @@ class TestCorrupt:
     def test_svg_that_is_not_well_formed_or_declares_entities(
         self, settings: Settings, source: Callable[..., Path], text: bytes
     ) -> None:
+        """An SVG a browser would not draw, or one declaring entities, is corrupt."""
         self._one(settings, source, "image/svg+xml", text.replace(b"</svg>", b"<!-- pad -->" * 50 + b"</svg>"))
 
     def test_intact_images_of_every_kind_pass(self) -> None:
+        """What Pillow writes and SVG text as matplotlib writes it are intact."""
         from sidecar.imagecheck import damage_bytes
 
         rng = random.Random(16)
@@ -266,6 +278,7 @@ class TestCorrupt:
         assert damage_bytes("image/svg+xml", svg(rng, prolog=True)) is None
 
     async def test_corrupt_reaches_the_manifest_and_metrics(self, run_sidecar, workspace, http) -> None:  # type: ignore[no-untyped-def]
+        """The daemon lists a corrupt payload of a .json tool result in `rejected` and counts it."""
         ws = workspace()
         sc = await run_sidecar()
         bad = flip_idat(png(17), random.Random(2))
@@ -283,6 +296,7 @@ class TestOffsets:
     """6. `offset` is the byte offset in the file, also for the new shapes."""
 
     def test_byte_offsets_after_non_ascii_text(self, settings: Settings, source: Callable[..., Path]) -> None:
+        """Offsets count bytes for data URLs, escaped bare strings and SVGs after non-ASCII text."""
         a, b, c = png(18), png(19), svg(random.Random(20), prolog=True)
         inner = json.dumps({"data": b64(b)})
         text = f"héllo ✓ data:image/png;base64,{b64(a)}\nDone ✓\n" + json.dumps(
@@ -303,6 +317,7 @@ class TestSplits:
     """The new shapes are found the same whatever pieces the text arrives in (bounded-memory streaming)."""
 
     def test_every_split_near_a_payload_edge_and_tiny_pieces(self) -> None:
+        """Cuts near every payload edge and line break, and pieces of 1..64 bytes, change nothing."""
         rng = random.Random(21)
         a, b, c, d = (encode(rng, "png") for _ in range(4))
         enc_c = b64(c)
