@@ -9,13 +9,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import hashlib
 import json
 import os
 import secrets
 import stat
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TextIO
@@ -23,8 +21,9 @@ from typing import TYPE_CHECKING, Literal, TextIO
 from sidecar.beneath import open_dir_nofollow
 from sidecar.datauri import type_matches
 from sidecar.fsutil import is_transient
-from sidecar.media import SNIFF_BYTES, extension_for, is_complete, is_complete_bytes, sniff
+from sidecar.media import extension_for, sniff
 from sidecar.scanner import Decoded, Dropped, Ended, Found, Scanner
+from sidecar.sink import Batch, Sink, write_all
 
 if TYPE_CHECKING:
     from sidecar.config import Settings
@@ -33,10 +32,6 @@ __all__ = ("NotARegularFile", "Outcome", "materialize_file", "run_materialize")
 
 _READ = 1 << 20
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt(3)
-_SPILL = 4 << 20  # decoded bytes held in memory before they go to the temp file
-# Payloads are made durable in batches: one filesystem sync for many files costs about what one fsync does.
-_BATCH_FILES = 256
-_BATCH_BYTES = 64 << 20
 # two spellings of one type must not count as "the detected type differs from the declared one"
 _ALIASES = {
     "image/jpg": "image/jpeg",
@@ -68,7 +63,7 @@ class Outcome:
     sha256: str | None = None
     mime_type: str | None = None
     declared_mime_type: str | None = None  # only when the detected type differs from the declared one
-    reason: str | None = None  # invalid_base64 | empty | too_large | truncated
+    reason: str | None = None  # invalid_base64 | empty | too_large | truncated | corrupt | write_failed
     detail: str | None = None
     size_bytes: int | None = None
     transient: bool = False  # write_failed for want of descriptors or memory (EMFILE...): try again later
@@ -149,171 +144,6 @@ def materialize_file(path: Path, settings: Settings) -> list[Outcome]:
         os.close(fd)
 
 
-# --------------------------------------------------------------------------------------
-# decoding one payload
-# --------------------------------------------------------------------------------------
-
-
-class _Sink:
-    """Where the decoded bytes of one payload go: memory first, a hidden temp file once large."""
-
-    def __init__(self, directory: int, limit: int) -> None:
-        self.directory = directory  # the artifacts dir's fd
-        self.limit = limit
-        self.size = 0
-        self.sha = hashlib.sha256()
-        self.head = b""
-        self.memory: list[bytes] = []
-        self.held = 0
-        self.fd = -1
-        self.tmp: str | None = None  # a name in the directory
-        self.error: OSError | None = None  # writing the temp file failed (disk full...): nothing is kept
-
-    @property
-    def too_large(self) -> bool:
-        return self.size > self.limit
-
-    def write(self, data: bytes) -> None:
-        if not data:
-            return
-        if len(self.head) < SNIFF_BYTES:
-            self.head += data[: SNIFF_BYTES - len(self.head)]
-        self.size += len(data)
-        if self.too_large:  # it will be rejected: stop storing, keep counting
-            self.discard()
-            return
-        self.sha.update(data)
-        if self.error is not None:
-            return
-        if self.fd < 0 and self.held + len(data) <= _SPILL:
-            self.memory.append(data)
-            self.held += len(data)
-            return
-        try:
-            if self.fd < 0:
-                self._spill()
-            _write_all(self.fd, data)
-        except OSError as e:
-            self.error = e
-            self.discard()
-
-    def _spill(self) -> None:
-        # a dot name ending in .tmp: the watcher of the artifacts dir ignores it (SPEC 3)
-        self.tmp = f".datauri-{secrets.token_hex(8)}.tmp"
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        self.fd = os.open(self.tmp, flags, 0o644, dir_fd=self.directory)
-        for part in self.memory:
-            _write_all(self.fd, part)
-        self.memory, self.held = [], 0
-
-    def complete(self, mime: str) -> bool:
-        if self.fd < 0:
-            return is_complete_bytes(mime, b"".join(self.memory))
-        fd = self.fd
-        return is_complete(mime, lambda offset, size: os.pread(fd, size, offset), self.size)
-
-    def commit(self, target: str, batch: _Batch) -> None:
-        """Hand the payload to the batch that makes it the file at target once it is durable."""
-        if target in batch.targets:
-            self.discard()  # the same payload twice in one batch: the name carries the hash
-            return
-        with contextlib.suppress(OSError):
-            st = os.stat(target, dir_fd=self.directory, follow_symlinks=False)
-            if stat.S_ISREG(st.st_mode) and st.st_size == self.size:
-                self.discard()  # identical payloads give one file
-                return
-        try:
-            if self.fd < 0:
-                self._spill()
-            assert self.tmp is not None
-            os.close(self.fd)
-            self.fd = -1
-        except OSError:
-            self.discard()
-            raise
-        batch.add(self.tmp, target, self.size)
-        self.tmp = None
-
-    def discard(self) -> None:
-        self.memory, self.held = [], 0
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.tmp, dir_fd=self.directory)
-            self.tmp = None
-
-
-class _Batch:
-    """Payloads written to hidden temp files but not yet durable. `flush` syncs the filesystem once, then
-    renames them into place: a crash before that leaves only ignored temp names, never a torn artifact."""
-
-    def __init__(self, directory: int) -> None:
-        self.directory = directory  # the artifacts dir's fd; items are (temp name, artifact name) in it
-        self.items: list[tuple[str, str]] = []
-        self.targets: set[str] = set()
-        self.size = 0
-
-    def add(self, tmp: str, target: str, size: int) -> None:
-        self.items.append((tmp, target))
-        self.targets.add(target)
-        self.size += size
-
-    @property
-    def full(self) -> bool:
-        return len(self.items) >= _BATCH_FILES or self.size >= _BATCH_BYTES
-
-    def flush(self) -> dict[str, OSError]:
-        """Make every pending payload durable and visible; returns the artifact names that failed."""
-        items, self.items, self.targets, self.size = self.items, [], set(), 0
-        if not items:
-            return {}
-        failed: dict[str, OSError] = {}
-        try:
-            _sync_filesystem(self.directory)
-        except OSError:
-            for tmp, target in items:  # no syncfs here: one fsync a file
-                try:
-                    fd = os.open(tmp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.directory)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                except OSError as e:
-                    failed[target] = e
-        for tmp, target in items:
-            if target not in failed:
-                try:
-                    os.replace(tmp, target, src_dir_fd=self.directory, dst_dir_fd=self.directory)
-                    continue
-                except OSError as e:
-                    failed[target] = e
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=self.directory)
-        return failed
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
-    try:
-        func: Callable[[int], int] | None = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
-    except OSError:
-        return None
-    return func
-
-
-_SYNCFS = _load_syncfs() if sys.platform.startswith("linux") else None
-
-
-def _sync_filesystem(directory: int) -> None:
-    """syncfs(2) on the artifacts dir's filesystem: every file written so far is on disk when it returns."""
-    if _SYNCFS is None:
-        raise OSError(errno.ENOSYS, "syncfs is not available")
-    if _SYNCFS(directory) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 def _scan(
     fd: int, path: Path, settings: Settings, directory: int
 ) -> tuple[list[Outcome], list[tuple[int, int, bytes]]]:
@@ -324,9 +154,9 @@ def _scan(
     )
     outcomes: list[Outcome] = []
     edits: list[tuple[int, int, bytes]] = []
-    batch = _Batch(directory)
+    batch = Batch(directory)
     found: Found | None = None
-    sink: _Sink | None = None
+    sink: Sink | None = None
     offset = 0
     try:
         while True:
@@ -339,7 +169,7 @@ def _scan(
                         sink.write(ev.data)
                 elif isinstance(ev, Found):
                     found = ev
-                    sink = _Sink(directory, settings.max_data_url_bytes)
+                    sink = Sink(directory, settings.max_data_url_bytes)
                 elif isinstance(ev, Ended) and found is not None and sink is not None:
                     outcome = _settle(path, found, ev, sink, settings, batch)
                     sink.discard()
@@ -386,7 +216,7 @@ def _failed_writes(
     return [e for e in edits if e[2] not in gone]
 
 
-def _settle(path: Path, found: Found, ended: Ended, sink: _Sink, settings: Settings, batch: _Batch) -> Outcome | None:
+def _settle(path: Path, found: Found, ended: Ended, sink: Sink, settings: Settings, batch: Batch) -> Outcome | None:
     """Decide about one finished payload: None (left alone), rejected, or written as an artifact."""
 
     def rejected(reason: str, detail: str, mime: str | None) -> Outcome | None:
@@ -416,8 +246,9 @@ def _settle(path: Path, found: Found, ended: Ended, sink: _Sink, settings: Setti
         return rejected("truncated", "the SVG's closing </svg> tag never comes", detected or declared)
     declared_essence = _ALIASES.get(found.essence, found.essence)
     if detected is not None:
-        if not sink.complete(detected):
-            return rejected("truncated", f"not a complete {detected} file: it ends before its structure does", detected)
+        problem = sink.problem(detected)
+        if problem is not None:
+            return rejected(*problem, detected)
         mime = detected
         differs = not found.bare and declared_essence != detected
     elif declared_essence in _SNIFFABLE:
@@ -443,7 +274,7 @@ def _settle(path: Path, found: Found, ended: Ended, sink: _Sink, settings: Setti
     )
 
 
-def _write_failed(path: Path, ended: Ended, sink: _Sink, mime: str | None, error: OSError) -> Outcome:
+def _write_failed(path: Path, ended: Ended, sink: Sink, mime: str | None, error: OSError) -> Outcome:
     detail = f"the artifact could not be written: {error.strerror or error}"
     return Outcome(
         path,
@@ -476,7 +307,7 @@ def _rewrite(fd: int, path: Path, before: os.stat_result, edits: list[tuple[int,
         pos = 0
         for start, end, replacement in edits:
             _copy_range(fd, out, pos, start)
-            _write_all(out, replacement)
+            write_all(out, replacement)
             pos = end
         _copy_range(fd, out, pos, before.st_size)
         os.fchmod(out, stat.S_IMODE(before.st_mode))
@@ -513,14 +344,8 @@ def _copy_range(src: int, dst: int, start: int, end: int) -> None:
         data = os.pread(src, min(_READ, end - start), start)
         if not data:
             raise OSError(errno.EIO, "the source file shrank while it was rewritten")
-        _write_all(dst, data)
+        write_all(dst, data)
         start += len(data)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -132,9 +132,9 @@ _EXTENSIONS: dict[str, str] = {
 }
 
 _BMP_DIB_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
-# an XML prolog, comments and a doctype may come before the root element; the root must be <svg
+# an XML prolog, comments and a doctype (with an internal subset) may come before the root element, <svg
 _SVG_HEAD = re.compile(
-    rb"\A(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*>\s*)?(?:(?:<!--.*?-->|<!DOCTYPE[^>]*>)\s*)*<svg[\s>/]",
+    rb"\A(?:\xef\xbb\xbf)?\s*(?:<\?xml[^>]*>\s*)?(?:(?:<!--.*?-->|<!DOCTYPE[^>\[]*(?:\[.*?\])?\s*>)\s*)*<svg[\s>/]",
     re.IGNORECASE | re.DOTALL,
 )
 _SVG_TAIL = re.compile(rb"</svg\s*>\s*\Z", re.IGNORECASE)

@@ -16,10 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar import scanner as scanner_module
+from sidecar import scanfind
 from sidecar.datauri import DataURLError, forgiving_base64_decode, parse_data_url, parse_mime_type, type_matches
 from sidecar.media import is_complete_bytes, sniff
-from sidecar.scanner import Decoded, Ended, Found, Match, Scanner, _Window, scan_bytes
+from sidecar.scanfind import Window
+from sidecar.scanner import Decoded, Ended, Found, Match, Scanner, scan_bytes
 
 WPT = Path(__file__).parents[2] / "shared" / "testdata" / "wpt"
 DEFAULT = "text/plain;charset=US-ASCII"
@@ -448,7 +449,8 @@ class TestScannerStarts:
         """Base64 strings that do not start like an image, and strings with other characters, are not bare images."""
         other = b64(b"\x13\x37" + random.Random(1).randbytes(800))
         png = b64(make_png())
-        text = f'{{"a": "{other}", "b": "{png[:40]} {png[40:]}", "c": "{png}\\n"}}'.encode()
+        # (one `\\n` at the end is a Jupyter output, SPEC 4.2; a `\\t` is not)
+        text = f'{{"a": "{other}", "b": "{png[:40]} {png[40:]}", "c": "{png}\\t"}}'.encode()
         assert scan_bytes(text) == []
 
     def test_bare_images_can_be_turned_off(self) -> None:
@@ -516,11 +518,31 @@ class TestScannerMemory:
 
 
 class TestFindData:
-    """The two ways `data:` is searched for past the colon budget (Hyperscan where installed, sre
-    everywhere) find the same first occurrence, wherever the window starts and ends."""
+    """The two ways `data:` (and a Jupyter `"image/png":` key) is searched for past the colon budget
+    (Hyperscan where installed, sre everywhere) find the same first occurrence, wherever the window starts
+    and ends."""
 
     @given(
-        st.lists(st.sampled_from([b"d", b"D", b"a", b"A", b"t", b"T", b":", b"x", b"data:", b"DaTa:"]), max_size=80),
+        st.lists(
+            st.sampled_from(
+                [
+                    b"d",
+                    b"D",
+                    b"a",
+                    b"A",
+                    b"t",
+                    b"T",
+                    b":",
+                    b"x",
+                    b"data:",
+                    b"DaTa:",
+                    b'"image/png"',
+                    b'"image/jpeg"',
+                    b'"',
+                ]
+            ),
+            max_size=80,
+        ),
         st.integers(0, 40),
         st.integers(0, 400),
     )
@@ -528,19 +550,21 @@ class TestFindData:
     def test_hyperscan_and_sre_agree(self, parts: list[bytes], pos: int, limit: int) -> None:
         buf = b"".join(parts)
         pos, limit = min(pos, len(buf)), min(max(pos, limit), len(buf))
-        want = next((i for i in range(pos, limit) if buf[i : i + 5].lower() == b"data:"), -1)
+        keys = (b'"image/png":', b'"image/jpeg":', b'"image/gif":')
+        want = next((i for i in range(pos, limit) if buf[i : i + 5].lower() == b"data:" or buf.startswith(keys, i)), -1)
         got = []
         for use_hyperscan in (True, False):
-            w = _Window(buf)
+            w = Window(buf)
             w.colons = 0  # straight to the search that is not memchr
             if not use_hyperscan:
                 with pytest.MonkeyPatch.context() as mp:
-                    mp.setattr(scanner_module, "_hyperscan", lambda: None)
+                    mp.setattr(scanfind, "hyperscan", lambda: None)
                     got.append(w.find_data(pos, limit))
             else:
                 got.append(w.find_data(pos, limit))
-        assert got == [want, want]
+        got.append(Window(buf).find_data(pos, limit))  # memchr for the colons first
+        assert got == [want, want, want]
 
     def test_hyperscan_is_used_where_installed(self) -> None:
         pytest.importorskip("hyperscan")
-        assert scanner_module._hyperscan() is not None
+        assert scanfind.hyperscan() is not None

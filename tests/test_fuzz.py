@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 
 from sidecar.config import Settings
 from sidecar.datauri import DataURLError, forgiving_base64_decode, parse_data_url, parse_mime_type
+from sidecar.imagecheck import damage_bytes
 from sidecar.materialize import Outcome, materialize_file
 from sidecar.media import is_complete_bytes, sniff
 from sidecar.scanner import Match, scan_bytes
@@ -411,6 +412,8 @@ JUNK = [
     "data:text/plain;base64,", "data:image\\/png;base64,", ";base64,", "<svg", "</svg>", "</svg >", "%3Csvg",
     "%3C%2Fsvg%3E", '{"type":"image","data":"', '"}', '{"type":"image","source":{"data":"', "iVBORw0KGgo", "R0lGOD",
     "/9j/", "PHN2Zy", "AAAA", "QUJD", "-_", "+/", "\u00e9", "\U0001f600", "\x00", "\xff",
+    '\\"', '\\n"', '"image/png": [', '"image/png":[\n "', '\\n",\n  "', '",', "<?xml", '<?xml version="1.0"?>',
+    "%3C%3Fxml", "\\u00e9", "\\ud83d", "#",
 ]  # fmt: skip
 
 
@@ -436,6 +439,14 @@ def data_url_forms(kind: str, image: bytes, form: int) -> str:
         return f"data:{mime},{image.decode()}"
     if form == 6 and kind == "svg":
         return f"data:{mime},{urllib.parse.quote(image.decode())}"
+    if form == 8:  # a bare string escaped inside another JSON string
+        return f'\\"{enc}\\"'
+    if form == 9:  # Jupyter: one string ending in `\n`, or wrapped at 76 by `\n` escapes
+        return f'"{enc}\\n"' if len(enc) % 2 else f'"{_wrap(enc, 76, chr(92) + "n")}\\n"'
+    if form == 10:  # Jupyter: a list of line strings
+        return '"image/png": [\n "' + _wrap(enc, 76, '\\n",\n "') + '"\n]'
+    if form == 11 and kind == "svg":  # raw SVG with a prolog inside a JSON string
+        return '"data:image/svg+xml,' + json.dumps('<?xml version="1.0"?>\n' + image.decode())[1:-1] + '"'
     return f'"{enc}"'  # a bare base64 JSON string
 
 
@@ -452,7 +463,7 @@ def soups(draw: st.DrawFn) -> bytes:
         else:
             kind = draw(st.sampled_from(sorted(IMAGES)))
             image = draw(st.sampled_from(IMAGES[kind]))
-            text = data_url_forms(kind, image, draw(st.integers(0, 7))).encode()
+            text = data_url_forms(kind, image, draw(st.integers(0, 11))).encode()
             damage = draw(st.integers(0, 5))
             if damage == 1:  # cut anywhere
                 text = text[: draw(st.integers(0, len(text)))]
@@ -482,7 +493,7 @@ def _check_materialized(root: Path, outcomes: list[Outcome]) -> set[str]:
     written: set[str] = set()
     for o in outcomes:
         if o.status == "rejected":
-            assert o.name is None and o.reason in ("invalid_base64", "empty", "too_large", "truncated")
+            assert o.name is None and o.reason in ("invalid_base64", "empty", "too_large", "truncated", "corrupt")
             continue
         assert o.status == "materialized" and o.name is not None
         data = (root / "artifacts" / o.name).read_bytes()
@@ -492,6 +503,7 @@ def _check_materialized(root: Path, outcomes: list[Outcome]) -> set[str]:
         if detected is not None:
             assert o.mime_type == detected, o
             assert is_complete_bytes(detected, data), f"{o.name}: not a complete {detected}"
+            assert damage_bytes(detected, data) is None, f"{o.name}: a damaged {detected}"
         else:  # bytes that cannot be checked are only written for a declared type that is not sniffable
             assert (o.mime_type or "").split(";")[0] not in DECLARED.values(), o
         written.add(o.name)

@@ -20,6 +20,7 @@ from e2e.scenario import mount_tmpfs, umount
 from helpers import names, wait_manifest
 
 import sidecar.materialize as materialize
+import sidecar.sink as sink
 from sidecar.config import Settings
 from sidecar.materialize import NotARegularFile, Outcome, materialize_file, run_materialize
 
@@ -406,7 +407,7 @@ class TestBatches:
         self, settings: Settings, source: Callable[..., Path]
     ) -> None:
         """Payloads are synced and renamed in batches; a file with several batches' worth loses none."""
-        images = [make_png(seed=1000 + i) for i in range(materialize._BATCH_FILES + 20)]
+        images = [make_png(seed=1000 + i) for i in range(sink.BATCH_FILES + 20)]
         src = source("\n".join(f'"data:image/png;base64,{b64(png)}"' for png in images))
         outcomes = materialize_file(src, settings)
         assert [o.status for o in outcomes] == ["materialized"] * len(images)
