@@ -17,7 +17,8 @@ from sidecar.config import OPTIONS, Option, Settings
 __all__ = ("load_settings", "main")
 
 # Flags whose Settings field has a plural name (lists).
-_FIELD = {"tool_results_dir": "tool_results_dirs", "cors_origin": "cors_origins"}
+_FIELD = {"tool_results_dir": "tool_results_dirs", "cors_origin": "cors_origins", "ui_push_header": "ui_push_headers"}
+_SECRET_FIELDS = frozenset({"ui_token", "auth_token", "ui_push_headers"})  # never echoed in an error
 _BY_FIELD = {_FIELD.get(o.field, o.field): o for o in OPTIONS}
 
 
@@ -78,7 +79,7 @@ def load_settings(ns: argparse.Namespace) -> Settings:
             msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
             if loc:
                 field = str(loc[0])
-                shown = repr(err.get("input")) if field not in ("ui_token", "auth_token") else "(hidden)"
+                shown = repr(err.get("input")) if field not in _SECRET_FIELDS else "(hidden)"
                 lines.append(f"{_describe(field)}: {msg} (got {shown})")
             else:
                 field, _, rest = msg.partition(": ")

@@ -10,6 +10,7 @@ import time
 from email.utils import parsedate_to_datetime
 
 import aiohttp
+from multidict import CIMultiDict
 
 from sidecar.config import Settings
 from sidecar.deliveries import Deliveries
@@ -65,6 +66,7 @@ class Pusher:
         self.mode = settings.ui_push_mode
         self.chat_id = settings.chat_id
         self.token = settings.ui_token.get_secret_value() if settings.ui_token else None
+        self.extra_headers = [(name, value.get_secret_value()) for name, value in settings.ui_push_headers]
         self.store = store
         self.metrics = metrics
         self.deliveries = deliveries  # written before the acknowledgements (see Deliveries)
@@ -167,9 +169,10 @@ class Pusher:
 
     async def run(self) -> None:
         await asyncio.to_thread(self._load)
-        headers = {"Content-Type": "application/json"}
+        headers = CIMultiDict({"Content-Type": "application/json"})
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        headers.extend(self.extra_headers)  # --ui-push-header (a name may repeat): on every push, never logged
         timeout = aiohttp.ClientTimeout(total=PUSH_TIMEOUT_S)
         try:
             async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
