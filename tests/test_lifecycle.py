@@ -276,3 +276,18 @@ class TestRun:
         assert final["state"] == "final"
         assert [e["name"] for e in final["entries"]] == ["result.txt"]
         assert final["entries"][0]["sha256"] == sha256(b"done")
+
+
+class TestDeliveredContent:
+    async def test_one_download_counts_for_every_name_with_those_bytes(self, run_sidecar, workspace, http):
+        """Two names, the same bytes: downloading one of them ends the grace period (content, not names)."""
+        ws = workspace()
+        ws.write("a.png", b"same bytes" * 100)
+        ws.write("copy/a.png", b"same bytes" * 100)
+        sc = await run_sidecar("--grace-period", "60")
+        await wait_manifest(http, sc, lambda d: len(d["artifacts"]) == 2)
+        async with http.get(sc.url("/artifacts/a.png")) as resp:
+            assert resp.status == 200 and len(await resp.read()) == 1000
+        sc.signal(signal.SIGTERM)
+        assert await sc.wait_exit(30) == 0
+        assert sc.events("lifecycle.delivered") and not sc.events("lifecycle.grace_expired")
