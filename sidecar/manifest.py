@@ -21,6 +21,7 @@ from urllib.parse import quote
 from sidecar.fsutil import atomic_write_bytes
 from sidecar.media import artifact_type, needs_sandbox
 from sidecar.security import encode_path, signed_query
+from sidecar.subscribers import Subscribers
 
 __all__ = (
     "Change",
@@ -233,6 +234,7 @@ class ManifestStore:
         # Object-storage offload (SPEC 11) plugs in here; the store itself never talks to a store.
         self.storage_url: Callable[[str], str | None] | None = None  # sha256 -> presigned GET URL
         self.push_hold: Callable[[str], bool] | None = None  # sha256 -> keep it from cache-mode pushes for now
+        self.subscribers = Subscribers()  # the event streams report here what they were sent (SPEC 8 step 4)
 
     # ---- persistence -------------------------------------------------------------------
 

@@ -367,19 +367,24 @@ class Api:
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         last = request.headers.get("Last-Event-ID", "").strip()
-        async with sse_response(request, ping_interval=SSE_PING_S) as sse:
-            try:
-                await self._stream(sse, int(last) if last.lstrip("-").isdigit() else None)
-            except ConnectionError:  # the subscriber went away: its stream simply ends
-                log.debug("events.client_gone", peer=request.remote)
+        subscriber = self.store.subscribers.open()
+        try:
+            async with sse_response(request, ping_interval=SSE_PING_S) as sse:
+                try:
+                    await self._stream(sse, int(last) if last.lstrip("-").isdigit() else None, subscriber)
+                except ConnectionError:  # the subscriber went away: its stream simply ends
+                    log.debug("events.client_gone", peer=request.remote)
+        finally:
+            self.store.subscribers.close(subscriber)
         return sse
 
-    async def _stream(self, sse: EventSourceResponse, cur: int | None) -> None:
+    async def _stream(self, sse: EventSourceResponse, cur: int | None, subscriber: int) -> None:
         store = self.store
         if cur is None or store.changes_since(cur) is None:
             await sse.send(store.body().decode(), event="manifest", id=str(store.version))
             cur = store.version
         while sse.is_connected() and not self.closing.is_set():
+            store.subscribers.sent(subscriber, cur)  # the exit waits until the final version went out
             changes = store.changes_since(cur)
             if changes is None:
                 await sse.send(store.body().decode(), event="manifest", id=str(store.version))
