@@ -7,17 +7,22 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO_ROOT, Workspace, free_port, sha256, wait_for
+from helpers import REPO_ROOT, Workspace, daemon_env, free_port, sha256, wait_for
 
 STAND_IN = REPO_ROOT / "tests" / "support" / "janus_ui.mjs"
+EXAMPLES = REPO_ROOT / "examples" / "janus"
 CHAT = "chat-1"
+TOKEN = "sandbox-token"  # noqa: S105 - a test value
 PASSWORD = "pre release, with a comma"  # noqa: S105 - a test value; a comma must survive the list rules
 NODE = shutil.which("node")
 
@@ -178,3 +183,58 @@ class TestSameBytes:
         assert sc.events("lifecycle.delivered") and not sc.events("lifecycle.grace_expired")
         assert len(ui.outcomes("cached")) == 2  # two contents, three names
         assert ui.cached(shot) == shot
+
+
+class TestExamples:
+    async def test_sandbox_and_baseline_sides_with_a_gated_janus(self, janus_ui, workspace, http):
+        """examples/janus: sandbox.sh runs the agent under the sidecar pushing to the gated UI; baseline.py
+        watches the sandbox until `final` and its chunks' items are Artifacts the UI's route accepts."""
+        ui = await janus_ui(password=PASSWORD)
+        ws = workspace()
+        files = {**kinds(), "copy/chart.png": kinds()["chart.png"]}
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = daemon_env(ws, None)
+        env.update(
+            SIDECAR=f"{sys.executable} -m sidecar", SANDBOX_HOST="127.0.0.1", SANDBOX_PORT=str(port),
+            ARTIFACTS_DIR=str(ws.artifacts), SANDBOX_PUBLIC_URL=base, CHAT_ID=CHAT,
+            JANUS_URL=f"http://127.0.0.1:{ui.port}/", SIDECAR_UI_PUSH_HEADERS=f"X-PreReleasePassword: {PASSWORD}",
+            SIDECAR_AUTH_TOKEN=TOKEN, SIDECAR_STATE_DIR=str(ws.state),
+            SIDECAR_TOOL_RESULTS_DIRS=str(ws.tool_results), SIDECAR_GRACE_PERIOD="60", SIDECAR_SETTLE_MS="50",
+            SIDECAR_LOG_FORMAT="json",
+        )  # fmt: skip
+        agent = ["sh", "-c", 'sleep 1 && exec "$@"', "agent", *writer(files, ws)]
+        with open(ws.root / "sandbox.stderr", "wb") as err:
+            sandbox = subprocess.Popen(
+                ["sh", str(EXAMPLES / "sandbox.sh"), *agent], env=env, cwd=ws.root, start_new_session=True,
+                stdout=subprocess.DEVNULL, stderr=err,
+            )  # fmt: skip
+        baseline_env = dict(daemon_env(ws, None), SANDBOX_TOKEN=TOKEN)
+        baseline = await asyncio.create_subprocess_exec(
+            sys.executable, str(EXAMPLES / "baseline.py"), base, env=baseline_env, stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            out, _ = await asyncio.wait_for(baseline.communicate(), 40)
+            assert baseline.returncode == 0  # it saw `final`
+            await wait_for(lambda: sandbox.poll() is not None, timeout=20)
+            assert sandbox.returncode == 0
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(sandbox.pid, signal.SIGKILL)  # nothing left if it exited (its children too)
+            with contextlib.suppress(ProcessLookupError):
+                baseline.kill()
+            sandbox.wait()
+            await baseline.wait()
+        log = (ws.root / "sandbox.stderr").read_text()
+        assert '"lifecycle.delivered"' in log and '"lifecycle.grace_expired"' not in log
+        assert PASSWORD not in log and TOKEN not in log
+        for data in files.values():
+            assert ui.cached(data) == data
+        chunks = [json.loads(line[len("data: ") :]) for line in out.decode().splitlines() if line.startswith("data: ")]
+        items = [i for c in chunks for i in c["choices"][0]["delta"]["janus"]["payload"]["items"]]
+        assert sorted(i["id"] for i in items) == sorted({"artf_" + sha256(d)[:16] for d in files.values()})
+        gate = {"X-PreReleasePassword": PASSWORD}
+        for item in items:
+            async with http.post(ui.cache_url, json={"chatId": CHAT, "artifact": item}, headers=gate) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["url"].startswith(f"/api/artifacts/{CHAT}/")
