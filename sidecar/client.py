@@ -205,8 +205,11 @@ async def watch(
     stream (`events=False`, or a 404/405), by long-polling `GET /v1/manifest?since=V&wait=S`. Connection
     errors are retried with jittered backoff; `SidecarUnreachable` after `retry_for` seconds without an
     answer. A refused token raises PermissionError. Each manifest yielded is a new dict."""
-    http = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
     follower = _Follower(base_url, token, min(max(wait, 0.0), 60.0))
+    # Silence longer than a long poll, or than a few of the event stream's 15 s pings, is a dead peer
+    # (a frozen sandbox sends no FIN): reconnect rather than wait forever.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=max(45.0, follower.wait + 30.0))
+    http = session or aiohttp.ClientSession(timeout=timeout)
     rng = random.Random()  # noqa: S311 - jitter, not cryptography
     use_events, attempt, last_ok = events, 0, time.monotonic()
     try:
