@@ -24,7 +24,6 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 from demo_ui import DemoUI
@@ -165,6 +164,9 @@ async def whole_life() -> int:
                         detail = {k: v for k, v in rec.items() if k not in ("event", "level", "logger", "timestamp")}
                         say(f"sidecar: {ev} {json.dumps(detail)[:120]}")
     finally:
+        # The final state reaches every event stream before the sidecar exits: let it be printed.
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(events, 2 if proc.returncode is not None else 0)
         events.cancel()
         if proc.returncode is None:
             proc.kill()
@@ -176,42 +178,16 @@ async def whole_life() -> int:
 
 
 async def follow_events(base: str, say: Callable[[str], None]) -> None:
-    """Keep a manifest from GET /v1/events (as an orchestrator would) and print it once it is final."""
-    import aiohttp
+    """Follow the manifest as an orchestrator would (sidecar.client.watch: GET /v1/events, deltas applied)
+    and print it once it is final."""
+    from sidecar.client import watch
 
-    manifest: dict[str, Any] = {}
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
-        for _ in range(100):  # until the sidecar listens
-            try:
-                resp = await http.get(base + "/v1/events")
-                break
-            except aiohttp.ClientError:
-                await asyncio.sleep(0.1)
-        else:
-            return
-        kind, data = "", ""
-        async for raw in resp.content:
-            line = raw.decode().rstrip("\r\n")
-            if line.startswith("event:"):
-                kind = line[6:].strip()
-            elif line.startswith("data:"):
-                data += line[5:].strip()
-            elif not line and data:
-                doc = json.loads(data)
-                if kind == "manifest":
-                    manifest = doc
-                elif kind == "artifacts":
-                    arts = {a["name"]: a for a in manifest.get("artifacts", [])}
-                    arts.update({a["name"]: a for a in doc["upserted"]})
-                    for name in doc["removed"]:
-                        arts.pop(name, None)
-                    manifest.update(version=doc["version"], artifacts=sorted(arts.values(), key=lambda a: a["name"]))
-                elif kind == "state":
-                    manifest.update(version=doc["version"], state=doc["state"])
-                    say(f"events: state {doc['state']} (version {doc['version']})")
-                    if doc["state"] == "final":
-                        say("events: the final manifest:\n" + json.dumps(manifest, indent=2))
-                kind, data = "", ""
+    state = ""
+    async for manifest in watch(base, retry_for=30):
+        if manifest["state"] != state:
+            state = manifest["state"]
+            say(f"events: state {state} (version {manifest['version']})")
+    say("events: the final manifest:\n" + json.dumps(manifest, indent=2))
 
 
 if __name__ == "__main__":

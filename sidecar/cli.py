@@ -17,9 +17,9 @@ from sidecar.config import OPTIONS, Option, Settings
 __all__ = ("load_settings", "main")
 
 # Flags whose Settings field has a plural name (lists).
-_FIELD = {"tool_results_dir": "tool_results_dirs", "cors_origin": "cors_origins"}
+_FIELD = {"tool_results_dir": "tool_results_dirs", "cors_origin": "cors_origins", "ui_push_header": "ui_push_headers"}
+_SECRET_FIELDS = frozenset({"ui_token", "auth_token", "ui_push_headers"})  # never echoed in an error
 _BY_FIELD = {_FIELD.get(o.field, o.field): o for o in OPTIONS}
-_SECRET_FIELDS = ("ui_token", "auth_token")
 
 
 class _Parser(argparse.ArgumentParser):

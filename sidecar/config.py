@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -11,7 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sidecar.privileges import read_secret_file, resolve_child_user
 
-__all__ = ("OPTIONS", "Option", "Settings", "default_tool_results_dirs")
+__all__ = ("OPTIONS", "Option", "Settings", "default_tool_results_dirs", "parse_push_headers")
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -30,6 +31,43 @@ def default_tool_results_dirs(home: str | None = None) -> list[Path]:
 
 # A secret and the file that holds it: one or the other, never both (SPEC 2).
 _SECRET_FILES = (("auth_token", "auth_token_file"), ("ui_token", "ui_token_file"))
+
+
+# An HTTP field name (RFC 9110 5.1, a token); a value may hold any visible character, space or tab.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# A comma starts the next header only when a `Name:` follows it, so values keep their commas.
+_NEXT_HEADER = re.compile(r",\s*(?=[!#$%&'*+.^_`|~0-9A-Za-z-]+\s*:)")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# Set by the pusher itself, or framing that a second value would corrupt.
+_RESERVED_HEADERS = frozenset(
+    {"content-type", "content-length", "transfer-encoding", "host", "connection", "idempotency-key"}
+)
+
+
+def parse_push_headers(value: Any) -> Any:
+    """`Name: value` strings (repeated flags, or one comma list) into (name, value) pairs. Errors never
+    quote a value: these headers carry secrets such as a pre-release password."""
+    if value is None or not isinstance(value, (str, list, tuple)):
+        return value
+    items = [value] if isinstance(value, str) else list(value)
+    out: list[tuple[str, str]] = []
+    for item in items:
+        if isinstance(item, tuple):
+            out.append(item)
+            continue
+        for part in _NEXT_HEADER.split(str(item)):
+            if not part.strip():
+                continue
+            name, colon, val = part.partition(":")
+            name, val = name.strip(), val.strip()
+            if not colon or not _HEADER_NAME.fullmatch(name):
+                raise ValueError("each header must be `Name: value` with a valid header name")
+            if _BAD_VALUE.search(val):
+                raise ValueError(f"the value of header {name} holds a control character")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"header {name} is set by the sidecar itself")
+            out.append((name, val))
+    return out
 
 
 def _split(value: Any) -> Any:
@@ -57,6 +95,8 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     ui_push_url: str | None = None
     ui_push_mode: PushMode = "manifest"
+    # (name, value) pairs; values are secrets (never logged), names are not.
+    ui_push_headers: Annotated[list[tuple[str, SecretStr]], NoDecode] = Field(default_factory=list)
     ui_token: SecretStr | None = None
     ui_token_file: Path | None = None
     chat_id: str | None = None
@@ -121,6 +161,11 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: Any) -> Any:
         return _split(value)
 
+    @field_validator("ui_push_headers", mode="before")
+    @classmethod
+    def _push_headers(cls, value: Any) -> Any:
+        return parse_push_headers(value)
+
     @field_validator("ui_push_mode", "log_format", "log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
@@ -170,6 +215,8 @@ class Settings(BaseSettings):
             ]
             if missing:
                 raise ValueError(f"ui_push_mode: --ui-push-mode cache needs {' and '.join(missing)}")
+        if self.ui_token is not None and any(n.lower() == "authorization" for n, _ in self.ui_push_headers):
+            raise ValueError("ui_push_headers: an Authorization header and --ui-token are two answers to one question")
         if self.min_data_url_bytes > self.max_data_url_bytes:
             raise ValueError("min_data_url_bytes: --min-data-url-bytes is larger than --max-data-url-bytes")
         return self
@@ -201,6 +248,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("public_base_url"),
     Option("ui_push_url"),
     Option("ui_push_mode"),
+    Option("ui_push_header", env="SIDECAR_UI_PUSH_HEADERS", repeat=True),
     Option("ui_token"),
     Option("ui_token_file"),
     Option("chat_id"),

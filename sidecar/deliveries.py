@@ -21,8 +21,9 @@ SAVE_AFTER_S = 0.25  # a delivery reaches the disk this long after it happened, 
 
 
 class Deliveries:
-    """Whole 200 bodies, or 206 ranges that together cover them, per (name, sha256); with offload, also
-    the contents confirmed in object storage.
+    """Whole 200 bodies, or 206 ranges that together cover them, per content (sha256: one download counts
+    for every name holding the same bytes, SPEC 8 step 3); cache-mode pushes the UI acknowledged; with
+    offload, also the contents confirmed in object storage.
 
     Written to the state dir a moment after each change, and always before the pusher writes the
     acknowledgements that follow (a Janus-like UI downloads, then acknowledges): after a SIGKILL and a
@@ -35,8 +36,8 @@ class Deliveries:
         # delivered, SPEC 11).
         self.stored: Callable[[str], bool] | None = None
         self.sidecar_id = ""
-        self._cover: dict[tuple[str, str], list[tuple[int, int]]] = {}
-        self._done: set[tuple[str, str]] = set()
+        self._cover: dict[str, list[tuple[int, int]]] = {}  # sha256 -> byte spans served so far
+        self._done: set[str] = set()  # sha256
         self._dirty = False
         self._wake = asyncio.Event()
         self.changed = asyncio.Event()
@@ -51,7 +52,8 @@ class Deliveries:
         try:
             doc = json.loads(self.path.read_bytes())
             if doc.get("sidecar_id") == sidecar_id:
-                self._done.update((str(n), str(s)) for n, s in doc.get("done", []))
+                # Older files held [name, sha256] pairs: the content is what counts.
+                self._done.update(str(d[-1] if isinstance(d, list) else d) for d in doc.get("done", []))
         except (OSError, ValueError, TypeError, AttributeError):
             return
 
@@ -85,7 +87,7 @@ class Deliveries:
     # ---- bookkeeping -------------------------------------------------------------------
 
     def served(self, entry: Entry, start: int, end: int) -> None:
-        key = (entry.name, entry.sha256)
+        key = entry.sha256
         if key in self._done:
             return
         spans = sorted([*self._cover.get(key, []), (start, end)])
@@ -97,13 +99,21 @@ class Deliveries:
                 merged.append((a, b))
         self._cover[key] = merged
         if merged[0][0] <= 0 and merged[0][1] >= entry.size_bytes:
-            self._done.add(key)
-            self._cover.pop(key, None)
-            self._dirty = True
-            self._wake.set()
-            self.changed.set()
+            self._mark(key)
+
+    def acknowledged(self, sha256: str) -> None:
+        """A cache-mode push of this content was acknowledged: the UI has it (SPEC 8 step 3)."""
+        if sha256 not in self._done:
+            self._mark(sha256)
+
+    def _mark(self, sha256: str) -> None:
+        self._done.add(sha256)
+        self._cover.pop(sha256, None)
+        self._dirty = True
+        self._wake.set()
+        self.changed.set()
 
     def delivered(self, entry: Entry) -> bool:
-        if (entry.name, entry.sha256) in self._done or entry.size_bytes == 0:
+        if entry.sha256 in self._done or entry.size_bytes == 0:
             return True
         return self.stored is not None and self.stored(entry.sha256)

@@ -189,6 +189,8 @@ class Sidecar:
                 await self._wait_any(self.finalize_requested)
             if not self.fast_exit.is_set():
                 await self._race_fast_exit(self._finalize_and_grace())
+            if not self.fast_exit.is_set() and self.store.state == "final":
+                await self._race_fast_exit(self._flush_streams())
         finally:
             self.notifier.send("STOPPING=1")
             api = app[API_KEY]
@@ -258,6 +260,12 @@ class Sidecar:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def _flush_streams(self) -> None:
+        """SPEC 8 step 4: every open event stream gets the final state event before the exit closes it."""
+        subscribers = self.store.subscribers
+        if not await subscribers.caught_up(self.store.version, DRAIN_S):
+            log.warning("lifecycle.streams_behind", count=subscribers.behind(self.store.version))
 
     async def _finalize_and_grace(self) -> None:
         s = self.settings

@@ -22,6 +22,7 @@ from sidecar.fsutil import atomic_write_bytes, backoff, is_transient
 from sidecar.logs import Throttle, get_logger
 from sidecar.media import artifact_type, mime_from_name, needs_sandbox
 from sidecar.security import encode_path, is_publishable_name, signed_query
+from sidecar.subscribers import Subscribers
 
 __all__ = (
     "Change",
@@ -248,6 +249,7 @@ class ManifestStore:
         # Object-storage offload (SPEC 11) plugs in here; the store itself never talks to a store.
         self.storage_url: Callable[[str], str | None] | None = None  # sha256 -> presigned GET URL
         self.push_hold: Callable[[str], bool] | None = None  # sha256 -> keep it from cache-mode pushes for now
+        self.subscribers = Subscribers()  # the event streams report here what they were sent (SPEC 8 step 4)
 
     # ---- persistence -------------------------------------------------------------------
 

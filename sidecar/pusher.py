@@ -10,6 +10,7 @@ import time
 from email.utils import parsedate_to_datetime
 
 import aiohttp
+from multidict import CIMultiDict
 
 from sidecar.config import Settings
 from sidecar.deliveries import Deliveries
@@ -58,6 +59,18 @@ class _Retry(Exception):
         self.wait = wait
 
 
+def _download_failed(pushed: bytes, answer: bytes) -> bool:
+    """True when a cache-mode answer's JSON `url` is the `url` that was pushed."""
+    try:
+        doc = json.loads(answer)
+    except ValueError:
+        return False
+    if not isinstance(doc, dict) or "url" not in doc:
+        return False
+    sent = json.loads(pushed)["artifact"].get("url")
+    return sent is not None and doc["url"] == sent
+
+
 class Pusher:
     def __init__(
         self, settings: Settings, store: ManifestStore, metrics: Metrics, deliveries: Deliveries | None = None
@@ -67,6 +80,7 @@ class Pusher:
         self.mode = settings.ui_push_mode
         self.chat_id = settings.chat_id
         self.token = settings.ui_token.get_secret_value() if settings.ui_token else None
+        self.extra_headers = [(name, value.get_secret_value()) for name, value in settings.ui_push_headers]
         self.store = store
         self.metrics = metrics
         self.deliveries = deliveries  # written before the acknowledgements (see Deliveries)
@@ -182,9 +196,10 @@ class Pusher:
 
     async def run(self) -> None:
         await asyncio.to_thread(self._load)
-        headers = {"Content-Type": "application/json"}
+        headers = CIMultiDict({"Content-Type": "application/json"})
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        headers.extend(self.extra_headers)  # --ui-push-header (a name may repeat): on every push, never logged
         timeout = aiohttp.ClientTimeout(total=PUSH_TIMEOUT_S)
         try:
             async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
@@ -225,17 +240,23 @@ class Pusher:
     ) -> None:
         try:
             async with session.post(self.url, data=body, headers={"Idempotency-Key": key}) as resp:
-                await resp.read()
+                answer = await resp.read()
                 status = resp.status
                 retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise _Retry(type(e).__name__) from None
+        if 200 <= status < 300 and name is not None and _download_failed(body, answer):
+            # The Janus cache route's way of saying its download failed: it echoes the url (SPEC 7).
+            raise _Retry("the UI could not download the artifact", retry_after)
         if 200 <= status < 300:
             self.metrics.push_attempts.labels(outcome="ok").inc()
             if name is None:
                 self.acked_version = max(self.acked_version, version)
             else:
-                self.acked[name] = json.loads(body)["artifact"]["sha256"]
+                sha = json.loads(body)["artifact"]["sha256"]
+                self.acked[name] = sha
+                if self.deliveries is not None:
+                    self.deliveries.acknowledged(sha)  # the UI holds this content: it counts as downloaded
             self._dirty = True
             await self._persist()
             log.info("push.ok", key=key, version=version, status=status, name=name)

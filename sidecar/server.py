@@ -328,12 +328,23 @@ class Api:
         resp.enable_chunked_encoding()
         out = await BodyWriter.start(request, resp, self.turns)
         self.hub.join(out.transport)
+        subscribers = self.store.subscribers
+        subscriber = subscribers.open()
         try:
-            await stream_events(out, cur, self.frames, self.hub, self.closing, self.write_timeout)
+            await stream_events(
+                out,
+                cur,
+                self.frames,
+                self.hub,
+                self.closing,
+                self.write_timeout,
+                lambda version: subscribers.sent(subscriber, version),
+            )
             await out.end(self.write_timeout)
         except ConnectionError as e:  # the subscriber went away or stopped reading: its stream simply ends
             log.debug("events.client_gone", peer=request.remote, reason=str(e))
         finally:
+            subscribers.close(subscriber)
             self.hub.leave(out.transport)
             self.trimmer.soon()
         return resp

@@ -239,16 +239,24 @@ class Frames:
 
 
 async def stream_events(
-    out: BodyWriter, cur: int | None, frames: Frames, hub: Hub, closing: asyncio.Event, timeout: float
+    out: BodyWriter,
+    cur: int | None,
+    frames: Frames,
+    hub: Hub,
+    closing: asyncio.Event,
+    timeout: float,
+    sent: Callable[[int], None],
 ) -> None:
     """One subscriber's stream (SPEC 5): the manifest unless `cur` can be resumed, then each change, a
-    comment every 15 s; until exit or the connection's end. Every frame comes made from `frames`."""
+    comment every 15 s; until exit or the connection's end. Every frame comes made from `frames`; `sent`
+    hears the version of each one written, so that the exit can wait for the final one (SPEC 8)."""
     store = frames.store
     loop = asyncio.get_running_loop()
     next_ping = loop.time() + SSE_PING_S
     if cur is None or store.changes_since(cur) is None:
         cur = await _send_manifest(out, frames, timeout)
     while not closing.is_set() and not out.transport.is_closing():
+        sent(cur)
         changes = store.changes_since(cur)
         if changes is None:
             cur = await _send_manifest(out, frames, timeout)

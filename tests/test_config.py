@@ -322,3 +322,44 @@ class TestCommandLine:
         assert exc.value.code == 2
         assert "--port" in capsys.readouterr().err
         assert not (tmp_path / "new").exists()
+
+
+class TestPushHeaders:
+    def test_none_by_default(self):
+        """No extra push header unless asked."""
+        assert settings().ui_push_headers == []
+
+    def test_repeated_flag_and_comma_lists_keep_commas_inside_values(self):
+        """`--ui-push-header "Name: value"` adds up; a comma starts a new header only before `Name:`."""
+        s = settings(
+            "--ui-push-header", "X-PreReleasePassword: pass, word",
+            "--ui-push-header", "X-A: 1,X-B:two",
+        )  # fmt: skip
+        pairs = [(n, v.get_secret_value()) for n, v in s.ui_push_headers]
+        assert pairs == [("X-PreReleasePassword", "pass, word"), ("X-A", "1"), ("X-B", "two")]
+
+    def test_environment_list(self, monkeypatch):
+        """SIDECAR_UI_PUSH_HEADERS is a comma list by the same rule; the flag wins over it."""
+        monkeypatch.setenv("SIDECAR_UI_PUSH_HEADERS", "X-PreReleasePassword: a,b , X-Trace: on")
+        pairs = [(n, v.get_secret_value()) for n, v in settings().ui_push_headers]
+        assert pairs == [("X-PreReleasePassword", "a,b"), ("X-Trace", "on")]
+        assert [n for n, _ in settings("--ui-push-header", "X-Only: 1").ui_push_headers] == ["X-Only"]
+
+    def test_values_are_secret(self):
+        """The Settings repr never shows a header value."""
+        assert "hunter2" not in repr(settings("--ui-push-header", "X-PreReleasePassword: hunter2"))
+
+    @pytest.mark.parametrize(
+        "value",
+        ["no colon here", ": empty-name", "Bad Name: v", "X-Ok: fine\r\nX-Evil: 1", "Content-Length: 3", "Host: h"],
+    )
+    def test_malformed_exits_2_naming_the_option_without_the_value(self, capsys, value):
+        """A malformed or reserved header exits 2 naming --ui-push-header, never echoing what was given."""
+        line = refused(capsys, "--ui-push-header", "X-Fine: secret-1", "--ui-push-header", value)
+        assert "--ui-push-header" in line and "SIDECAR_UI_PUSH_HEADERS" in line
+        assert "secret-1" not in line and "fine" not in line
+
+    def test_authorization_header_and_ui_token_together_are_refused(self, capsys):
+        """Two sources for one Authorization header exit 2."""
+        line = refused(capsys, "--ui-token", "t", "--ui-push-header", "Authorization: Basic eDp5")
+        assert "--ui-push-header" in line and "eDp5" not in line

@@ -276,3 +276,60 @@ class TestRun:
         assert final["state"] == "final"
         assert [e["name"] for e in final["entries"]] == ["result.txt"]
         assert final["entries"][0]["sha256"] == sha256(b"done")
+
+
+async def _read_events(http, url: str, got: list[tuple[str, dict]], opened: asyncio.Event) -> None:
+    """Collect (event, data) pairs from one /v1/events stream until the server ends it."""
+    async with http.get(url) as resp:
+        assert resp.status == 200
+        kind, data = "", ""
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data += line[5:].strip()
+            elif not line and data:
+                got.append((kind, json.loads(data)))
+                opened.set()
+                kind, data = "", ""
+
+
+class TestDeliveredContent:
+    async def test_one_download_counts_for_every_name_with_those_bytes(self, run_sidecar, workspace, http):
+        """Two names, the same bytes: downloading one of them ends the grace period (content, not names)."""
+        ws = workspace()
+        ws.write("a.png", b"same bytes" * 100)
+        ws.write("copy/a.png", b"same bytes" * 100)
+        sc = await run_sidecar("--grace-period", "60")
+        await wait_manifest(http, sc, lambda d: len(d["artifacts"]) == 2)
+        async with http.get(sc.url("/artifacts/a.png")) as resp:
+            assert resp.status == 200 and len(await resp.read()) == 1000
+        sc.signal(signal.SIGTERM)
+        assert await sc.wait_exit(30) == 0
+        assert sc.events("lifecycle.delivered") and not sc.events("lifecycle.grace_expired")
+
+
+class TestFinalEvent:
+    async def test_every_event_stream_receives_the_final_state_before_the_exit(self, run_sidecar, workspace, http):
+        """SPEC 8 step 4: subscribers see `state: final` even when the grace period ends at once."""
+        ws = workspace()
+        ws.write("a.txt", b"a")
+        sc = await run_sidecar()
+        await wait_manifest(http, sc, lambda d: "a.txt" in names(d))
+        async with http.get(sc.url("/artifacts/a.txt")) as resp:
+            assert await resp.read() == b"a"  # delivered: nothing holds the exit after `final`
+        streams = [([], asyncio.Event()) for _ in range(4)]
+        readers = [asyncio.create_task(_read_events(http, sc.url("/v1/events"), g, o)) for g, o in streams]
+        try:
+            for _, opened in streams:
+                await asyncio.wait_for(opened.wait(), 5)
+            async with http.post(sc.url("/v1/finalize")) as resp:
+                assert resp.status == 202
+            assert await sc.wait_exit(10) == 0
+            await asyncio.wait_for(asyncio.gather(*readers), 5)
+        finally:
+            for r in readers:
+                r.cancel()
+        for got, _ in streams:
+            assert ("state", {"version": got[-1][1]["version"], "state": "final"}) in got, got

@@ -358,3 +358,22 @@ class TestCacheReceiver:
         ws.write("dir x/é.txt", b"unicode path")
         await wait_for(lambda: len(verified) == 2, timeout=10)
         assert sorted(verified.values()) == ["big.bin", "dir x/é.txt"] and not failures
+
+
+class TestExtraHeaders:
+    @pytest.mark.parametrize("mode", ["manifest", "cache"])
+    async def test_every_push_carries_them_and_no_log_line_shows_a_value(self, run_ui, run_sidecar, workspace, mode):
+        """`--ui-push-header` goes out on every push, in both modes, beside the sidecar's own headers."""
+        ui = await run_ui(503)
+        ws = workspace()
+        flags = ["--ui-push-url", ui.url, "--ui-push-header", "X-PreReleasePassword: pw, with comma"]
+        flags += ["--ui-push-header", "X-Trace: 7", "--ui-push-mode", mode]
+        flags += ["--public-base-url", "http://127.0.0.1:1", "--chat-id", "c"]
+        sc = await run_sidecar(*flags)
+        ws.write("a.txt", b"a")
+        await wait_for(lambda: ui.acked(), timeout=10)
+        assert len(ui.requests) >= 2  # the retry too
+        for p in ui.requests:
+            assert (p.headers["X-PreReleasePassword"], p.headers["X-Trace"]) == ("pw, with comma", "7")
+            assert p.headers["Content-Type"] == "application/json" and "Idempotency-Key" in p.headers
+        assert "pw, with comma" not in sc.stderr()
