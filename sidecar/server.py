@@ -17,6 +17,7 @@ from typing import NoReturn
 from aiohttp import hdrs, web
 from aiohttp_sse import EventSourceResponse, sse_response
 
+from sidecar.compat import add_skyvern_routes
 from sidecar.config import Settings
 from sidecar.logs import get_logger
 from sidecar.manifest import Entry, Identity, ManifestStore
@@ -143,6 +144,8 @@ class Api:
         self.any_origin = "*" in settings.cors_origins
         self.origins = frozenset(settings.cors_origins)
         self.closing = asyncio.Event()
+        # Another route's spelling of an artifact -> the `/artifacts/<name>` path its signature covers (compat.py).
+        self.signed_path: Callable[[web.Request], str | None] = lambda request: None
 
     def close_streams(self) -> None:
         """At exit: end event streams and long polls now instead of waiting out the drain."""
@@ -189,6 +192,10 @@ class Api:
             path = request.raw_path.split("?", 1)[0]
             q = request.query
             return signature_ok(self.token, path, q.get("expires"), q.get("signature"))
+        signed = self.signed_path(request) if request.method in (hdrs.METH_GET, hdrs.METH_HEAD) else None
+        if signed is not None:
+            q = request.query
+            return signature_ok(self.token, signed, q.get("expires"), q.get("signature"))
         return False
 
     def _preflight(self, request: web.Request) -> web.Response:
@@ -252,6 +259,10 @@ class Api:
         name = name_from_raw_path(request.raw_path)
         if name is None:
             raise web.HTTPNotFound(reason="no such artifact")
+        return await self.serve(request, name)
+
+    async def serve(self, request: web.Request, name: str) -> web.StreamResponse:
+        """The artifact `name` (already checked publishable), for `/artifacts/*` and the Skyvern routes."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SETTLE_WAIT_S
         while True:
@@ -442,4 +453,6 @@ def build_app(settings: Settings, store: ManifestStore, metrics: Metrics, hooks:
     r.add_get("/healthz", api.healthz)
     r.add_get("/readyz", api.readyz)
     r.add_get("/metrics", api.metrics_route, allow_head=False)
+    if settings.skyvern_routes:
+        add_skyvern_routes(app, api)
     return app
