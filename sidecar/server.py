@@ -17,6 +17,7 @@ from typing import NoReturn
 from aiohttp import hdrs, web
 from aiohttp_sse import EventSourceResponse, sse_response
 
+from sidecar.archive import add_archive_route
 from sidecar.compat import add_skyvern_routes
 from sidecar.config import Settings
 from sidecar.logs import get_logger
@@ -453,6 +454,7 @@ def build_app(settings: Settings, store: ManifestStore, metrics: Metrics, hooks:
     r.add_get("/healthz", api.healthz)
     r.add_get("/readyz", api.readyz)
     r.add_get("/metrics", api.metrics_route, allow_head=False)
+    add_archive_route(app, api)
     if settings.skyvern_routes:
         add_skyvern_routes(app, api)
     return app
