@@ -25,6 +25,7 @@ log = get_logger("sidecar.archive")
 
 READ_CHUNK = 256 * 1024
 BATCH = 1024 * 1024  # bytes made per worker-thread hop: bounds the memory of one archive in flight
+GROUP = 64  # at most this many members (open files) handed to the worker at once
 MEMBER_WAIT_S = 5.0  # a member being re-published gets as long as a settling /artifacts name (SPEC 5)
 DEFLATE_LEVEL = 6
 
@@ -157,6 +158,8 @@ class ArchiveRoute:
         zs = ZipStream(compress_type=ZIP_STORED)
         sent: list[Entry] = []
         total = 0
+        group: list[_Member] = []  # small members go to the worker together: one hop, not one each
+        group_bytes = 0
         try:
             for name in names:
                 member = await self._open(name)
@@ -173,9 +176,16 @@ class ArchiveRoute:
                         compress_type=ZIP_DEFLATED,
                         compress_level=DEFLATE_LEVEL,
                     )
-                total += await self._pump(request, resp, zs.file(), member)
-                sent.append(entry)
-            total += await self._pump(request, resp, zs.footer(), None)
+                group.append(member)
+                group_bytes += entry.size_bytes
+                if len(group) >= GROUP or group_bytes >= BATCH:
+                    handed, group, group_bytes = group, [], 0  # _pump closes what it is handed
+                    total += await self._pump(request, resp, zs.all_files(), handed)
+                    sent.extend(m.entry for m in handed)
+            handed, group = group, []
+            total += await self._pump(request, resp, zs.all_files(), handed)
+            sent.extend(m.entry for m in handed)
+            total += await self._pump(request, resp, zs.footer(), [])
             if not resp.prepared:
                 await resp.prepare(request)
             await resp.write_eof()
@@ -190,6 +200,9 @@ class ArchiveRoute:
         except ConnectionError:
             log.debug("archive.client_gone", prefix=prefix, sent=len(sent))
             return resp
+        finally:
+            for member in group:  # opened, never handed to a worker
+                member.close()
         self.api.metrics.response_bytes.inc(total)
         for entry in sent:
             self.api.hooks.served(entry, 0, entry.size_bytes)
@@ -197,7 +210,7 @@ class ArchiveRoute:
         return resp
 
     async def _pump(
-        self, request: web.Request, resp: web.StreamResponse, chunks: Iterator[bytes], member: _Member | None
+        self, request: web.Request, resp: web.StreamResponse, chunks: Iterator[bytes], members: list[_Member]
     ) -> int:
         """Run a zipstream generator in the worker pool and write what it makes; returns the bytes written."""
         written = 0
@@ -221,7 +234,7 @@ class ArchiveRoute:
                 close = getattr(chunks, "close", None)
                 if close is not None:
                     close()
-                if member is not None:
+                for member in members:
                     member.close()
 
             if pending is not None:

@@ -225,10 +225,45 @@ class TestConsistency:
             assert zf.read("a.webm") == big
             assert zf.read("b.txt") == new
 
+    async def test_a_client_that_goes_away_leaves_no_file_open(self, published, http):
+        """Closing the connection mid-archive: the daemon closes every member it opened, and answers again."""
+        sc = await published(files={"a.webm": os.urandom(BIG), "b.txt": b"b\n" * 1000})
+        fds = lambda: len(os.listdir(f"/proc/{sc.pid}/fd"))  # noqa: E731 - a one-line probe
+        before = fds()
+        client = StalledReader(sc.port)
+        await client.start("/v1/archive.zip")
+        assert fds() > before  # a.webm is open while it streams
+        client.writer.transport.abort()
+        await wait_for(lambda: fds() == before, timeout=10)
+        status, _, body = await download(http, sc)
+        assert status == 200 and zipfile.ZipFile(io.BytesIO(body)).testzip() is None
+
 
 # --------------------------------------------------------------------------------------
-# ZIP64: a sparse file over 4 GiB
+# ZIP64: more than 65,535 members; a sparse file over 4 GiB
 # --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # 66,000 files published, then archived: ~15 s
+async def test_more_than_65535_members_is_zip64(run_sidecar, workspace, http, tmp_path):
+    """66,000 members: the count does not fit the classic end record, so the archive carries ZIP64's."""
+    ws = workspace()
+    for d in range(66):
+        (ws.artifacts / f"d{d:02d}").mkdir(parents=True)
+        for i in range(1000):
+            (ws.artifacts / f"d{d:02d}" / f"{i:04d}.txt").write_bytes(b"%d" % (d * 1000 + i))
+    sc = await run_sidecar()
+    await wait_manifest(http, sc, lambda d: len(d["artifacts"]) == 66_000, timeout=120)
+    async with http.get(sc.url("/v1/archive.zip"), timeout=aiohttp.ClientTimeout(total=120)) as resp:
+        assert resp.status == 200
+        body = await resp.read()
+    assert b"PK\x06\x06" in body[-200:]  # the ZIP64 end of central directory record
+    with zipfile.ZipFile(io.BytesIO(body)) as zf:
+        infos = zf.infolist()
+        assert len(infos) == 66_000
+        assert zf.read("d65/0999.txt") == b"65999" and zf.read("d00/0000.txt") == b"0"
+    (tmp_path / "many.zip").write_bytes(body)
+    assert unzip_t(tmp_path / "many.zip").count(" OK") == 66_000
 
 
 @pytest.mark.slow  # the daemon hashes 4.2 GB twice (publication, archive) and CRCs it: ~20 s
