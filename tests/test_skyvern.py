@@ -88,10 +88,12 @@ class TestServing:
         assert (status, headers["Content-Type"], body) == (200, "image/png", PNG)
 
     async def test_the_path_as_axios_and_unencoded_callers_send_it(self, skyvern, http):
-        """axios' `params` (`/` kept, space as `+`) and the workflow page's unencoded path both find the file."""
+        """axios' `params` encoding (encodeURIComponent, then `:` `$` `,` `[` `]` kept and a space as `+`) and
+        the workflow page's unencoded path (as a browser sends it: `/` as is, a space as `%20`) find the file."""
         sc = await skyvern()
         path = abs_path(sc, "recordings/run 1.webm")
-        for query in (path.replace(" ", "+"), path.replace(" ", "%20")):
+        axios = quote(path, safe=":$,[]").replace("%20", "+")
+        for query in (axios, path.replace(" ", "%20")):
             status, _, body = await fetch(http, "GET", URL(sc.url(f"/artifact/recording?path={query}"), encoded=True))
             assert (status, body) == (200, WEBM), query
 
