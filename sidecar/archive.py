@@ -192,7 +192,7 @@ class ArchiveRoute:
         except ArchiveError as e:
             log.warning("archive.failed", prefix=prefix, sent=len(sent), reason=str(e))
             if not resp.prepared:
-                raise web.HTTPServiceUnavailable(reason=str(e)) from None
+                raise web.HTTPConflict(reason=str(e)) from None
             # The status line is gone: cut the connection so the client sees a broken archive, not a short one.
             if request.transport is not None:
                 request.transport.abort()

@@ -225,6 +225,20 @@ class TestConsistency:
             assert zf.read("a.webm") == big
             assert zf.read("b.txt") == new
 
+    async def test_a_file_that_keeps_changing_ends_the_archive_with_an_error_before_any_byte(
+        self, published, http, write_soon
+    ):
+        """A member rewritten and never published again within 5 s: a 409 JSON error, not a stale or mixed file."""
+        sc = await published(files={"a.txt": b"first\n" * 100})
+        path = sc.workspace.artifacts / "a.txt"
+        write_soon(path, *[b"more\n"] * 400, every=0.02)  # 8 s of appends: it never settles
+        await wait_for(lambda: path.stat().st_size > 600, timeout=5)
+        status, headers, body = await download(http, sc)
+        assert status == 409, body[:300]
+        assert headers["Content-Type"].startswith("application/json")
+        assert json.loads(body)["error"] == "conflict" and "a.txt" in json.loads(body)["detail"]
+        assert sc.events("archive.failed")
+
     async def test_a_client_that_goes_away_leaves_no_file_open(self, published, http):
         """Closing the connection mid-archive: the daemon closes every member it opened, and answers again."""
         sc = await published(files={"a.webm": os.urandom(BIG), "b.txt": b"b\n" * 1000})
