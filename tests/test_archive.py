@@ -5,6 +5,7 @@ auth; ZIP64 past 4 GiB; and a file that changes while the archive is written is 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -242,13 +243,22 @@ class TestConsistency:
     async def test_a_client_that_goes_away_leaves_no_file_open(self, published, http):
         """Closing the connection mid-archive: the daemon closes every member it opened, and answers again."""
         sc = await published(files={"a.webm": os.urandom(BIG), "b.txt": b"b\n" * 1000})
-        fds = lambda: len(os.listdir(f"/proc/{sc.pid}/fd"))  # noqa: E731 - a one-line probe
-        before = fds()
+        a_path = str(sc.workspace.artifacts / "a.webm")
+
+        def a_open() -> bool:
+            fd_dir = f"/proc/{sc.pid}/fd"
+            links = []
+            for fd in os.listdir(fd_dir):
+                with contextlib.suppress(OSError):  # closed while listed
+                    links.append(os.readlink(f"{fd_dir}/{fd}"))
+            return a_path in links
+
+        assert not a_open()
         client = StalledReader(sc.port)
         await client.start("/v1/archive.zip")
-        assert fds() > before  # a.webm is open while it streams
+        assert a_open()  # held while it streams
         client.writer.transport.abort()
-        await wait_for(lambda: fds() == before, timeout=10)
+        await wait_for(lambda: not a_open(), timeout=10)
         status, _, body = await download(http, sc)
         assert status == 200 and zipfile.ZipFile(io.BytesIO(body)).testzip() is None
 
@@ -258,8 +268,8 @@ class TestConsistency:
 # --------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # 66,000 files published, then archived: ~15 s
-async def test_more_than_65535_members_is_zip64(run_sidecar, workspace, http, tmp_path):
+@pytest.mark.slow  # 66,000 files published, archived and removed: ~30 s
+async def test_more_than_65535_members_is_zip64(run_sidecar, workspace, http):
     """66,000 members: the count does not fit the classic end record, so the archive carries ZIP64's."""
     ws = workspace()
     for d in range(66):
@@ -276,12 +286,12 @@ async def test_more_than_65535_members_is_zip64(run_sidecar, workspace, http, tm
         infos = zf.infolist()
         assert len(infos) == 66_000
         assert zf.read("d65/0999.txt") == b"65999" and zf.read("d00/0000.txt") == b"0"
-    (tmp_path / "many.zip").write_bytes(body)
-    assert unzip_t(tmp_path / "many.zip").count(" OK") == 66_000
+    (ws.root / "many.zip").write_bytes(body)  # under the workspace: removed with it
+    assert unzip_t(ws.root / "many.zip").count(" OK") == 66_000
 
 
-@pytest.mark.slow  # the daemon hashes 4.2 GB twice (publication, archive) and CRCs it: ~20 s
-async def test_over_4_gib_is_zip64_and_verifies(run_sidecar, workspace, http, tmp_path):
+@pytest.mark.slow  # 4.2 GB hashed twice (publication, archive), CRC'd twice, sent over loopback: 40-60 s
+async def test_over_4_gib_is_zip64_and_verifies(run_sidecar, workspace, http):
     """A 4200 MiB sparse file, then a small one whose offset is past 4 GiB: the archive is ZIP64, zipfile
     reads the big member through its CRC, the small one reads back byte-exact (also by `unzip -t`). The
     download is written sparse (runs of zeros are seeked over), so 4 GiB never reach the disk."""
@@ -295,7 +305,7 @@ async def test_over_4_gib_is_zip64_and_verifies(run_sidecar, workspace, http, tm
     sc = await run_sidecar()
     await wait_manifest(http, sc, lambda d: len(d["artifacts"]) == 2, timeout=120)
 
-    out = tmp_path / "big.zip"
+    out = ws.root / "big.zip"  # under the workspace: removed with it
     async with http.get(sc.url("/v1/archive.zip"), timeout=aiohttp.ClientTimeout(total=300)) as resp:
         assert resp.status == 200
         with open(out, "wb") as f:
