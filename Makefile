@@ -17,8 +17,8 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # Debian packages the tests use, installed when missing and we are root (CI and these machines are).
-# systemd-analyze (unit-file test), chromium (browser tests), ffmpeg (a real video for them).
-SYSDEPS := systemd-analyze:systemd chromium:chromium ffmpeg:ffmpeg
+# systemd-analyze (unit-file test), chromium (browser tests), ffmpeg (a real video for them), unzip (archive tests).
+SYSDEPS := systemd-analyze:systemd chromium:chromium ffmpeg:ffmpeg unzip:unzip
 sysdeps:
 	@missing=""; for d in $(SYSDEPS); do command -v $${d%%:*} >/dev/null 2>&1 || missing="$$missing $${d#*:}"; done; \
 	if [ -n "$$missing" ]; then \

@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     max_data_url_bytes: int = Field(104_857_600, gt=0)
     bare_base64_images: bool = True
     rewrite_tool_results: bool = True
+    skyvern_routes: bool = False
     log_format: LogFormat = "auto"
     log_level: LogLevel = "info"
     log_file: Path | None = None
@@ -266,6 +267,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_data_url_bytes"),
     Option("bare_base64_images", flag_bool=True),
     Option("rewrite_tool_results", flag_bool=True),
+    Option("skyvern_routes", flag_bool=True),
     Option("log_format"),
     Option("log_level"),
     Option("log_file"),

@@ -14,7 +14,9 @@ from typing import NoReturn
 
 from aiohttp import hdrs, web
 
+from sidecar.archive import add_archive_route
 from sidecar.beneath import open_regular_beneath
+from sidecar.compat import add_skyvern_routes
 from sidecar.conditional import Validators, decide, weak_match
 from sidecar.config import Settings
 from sidecar.logs import get_logger
@@ -111,6 +113,8 @@ class Api:
         self.frames = Frames(store)
         self.trimmer = Trimmer()
         self.turns = asyncio.Semaphore(WRITERS)  # big bodies take turns (sidecar.streams)
+        # Another route's spelling of an artifact -> the `/artifacts/<name>` path its signature covers (compat.py).
+        self.signed_path: Callable[[web.Request], str | None] = lambda request: None
 
     def close_streams(self) -> None:
         """At exit: end event streams and long polls now instead of waiting out the drain."""
@@ -159,6 +163,10 @@ class Api:
             path = request.raw_path.split("?", 1)[0]
             q = request.query
             return signature_ok(self.token, path, q.get("expires"), q.get("signature"))
+        signed = self.signed_path(request) if request.method in (hdrs.METH_GET, hdrs.METH_HEAD) else None
+        if signed is not None:
+            q = request.query
+            return signature_ok(self.token, signed, q.get("expires"), q.get("signature"))
         return False
 
     def _preflight(self, request: web.Request) -> web.Response:
@@ -216,6 +224,10 @@ class Api:
         name = name_from_raw_path(request.raw_path)
         if name is None:
             raise web.HTTPNotFound(reason="no such artifact")
+        return await self.serve(request, name)
+
+    async def serve(self, request: web.Request, name: str) -> web.StreamResponse:
+        """The artifact `name` (already checked publishable), for `/artifacts/*` and the Skyvern routes."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SETTLE_WAIT_S
         while True:
@@ -396,4 +408,7 @@ def build_app(settings: Settings, store: ManifestStore, metrics: Metrics, hooks:
     r.add_get("/healthz", api.healthz)
     r.add_get("/readyz", api.readyz)
     r.add_get("/metrics", api.metrics_route, allow_head=False)
+    add_archive_route(app, api)
+    if settings.skyvern_routes:
+        add_skyvern_routes(app, api)
     return app

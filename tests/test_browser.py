@@ -472,3 +472,63 @@ async def test_active_artifact_opened_top_level_cannot_run_script(
     assert await page.title() == "clean"
     assert await page.evaluate("self.origin") == "null"  # a sandboxed document has an opaque origin
     assert [h for h in site.hits if h.startswith("/beacon/artifact")] == []
+
+
+# --------------------------------------------------------------------------------------
+# Skyvern's routes (--skyvern-routes, SPEC 12): the URLs its UI builds, from another origin
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # encoding the video and playing it: 5-10 s
+async def test_skyvern_img_and_seeking_webm_video_from_another_origin(
+    run_sidecar, workspace, browser, pages, http, webm
+) -> None:
+    """`/artifact/image?path=` renders in an `<img>` and `/artifact/recording?path=` plays a WebM (served as
+    video/webm, which Skyvern's own server labels mp4) and seeks through 206 ranges, as its UI builds them."""
+    ws = workspace()
+    ws.write("run 1/screenshot.png", make_png(33, 21))
+    ws.write("run 1/recording.webm", webm)
+    size = len(webm)
+    sc = await run_sidecar("--skyvern-routes")
+    await wait_manifest(http, sc, lambda d: len(d["artifacts"]) == 2)
+    site = await pages()
+    # what the UI does with a `file://` URI: `${base}/artifact/<kind>?path=${encodeURIComponent(uri.slice(7))}`
+    page = await browser.new_page()
+    await page.goto(site.page("/", "<title>skyvern</title>"))
+    image, video = await page.evaluate(
+        """([base, root]) => ['image', 'recording'].map((kind, i) =>
+             `${base}/artifact/${kind}?path=${encodeURIComponent(
+               ('file://' + root + ['/run 1/screenshot.png', '/run 1/recording.webm'][i]).slice(7))}`)""",
+        [sc.base, str(ws.artifacts)],
+    )
+    answers: list[tuple[int, str | None, str | None]] = []
+
+    async def on_response(response: Any) -> None:
+        if response.url == video:
+            headers = await response.all_headers()
+            answers.append((response.status, headers.get("content-range"), headers.get("content-type")))
+
+    page.on("response", on_response)
+    await page.set_content(
+        f'<img id="shot" src="{image}"><img id="missing" src="{image.replace("screenshot", "nope")}">'
+        f'<video id="v" src="{video}" preload="metadata" muted playsinline></video>'
+    )
+    assert await page.evaluate(IMG_STATE, "shot") == {"complete": True, "width": 33, "height": 21}
+    assert (await page.evaluate(IMG_STATE, "missing"))["width"] == 0
+
+    meta = await page.evaluate(VIDEO_STEP, ["metadata", 0])
+    assert (meta["width"], meta["height"]) == (160, 120) and 9.5 < meta["duration"] < 10.5
+    before_seek = len(answers)
+    seeked = await page.evaluate(VIDEO_STEP, ["seek", 8.0])
+    assert abs(seeked["time"] - 8.0) < 0.5
+    played = await page.evaluate(VIDEO_STEP, ["play", 8.5])
+    assert played["time"] >= 8.5 and played["frames"] > 0
+    await page.close()
+
+    assert answers and all(status in (200, 206) and kind == "video/webm" for status, _, kind in answers), answers
+    seek_starts = [
+        int(content_range[6:].split("-")[0])
+        for status, content_range, _ in answers[before_seek:]
+        if status == 206 and content_range is not None and content_range.endswith(f"/{size}")
+    ]
+    assert any(size // 2 <= first < size - 65536 for first in seek_starts), (answers, before_seek)
