@@ -142,6 +142,7 @@ async def whole_life() -> int:
         "--grace-period", "20", "--settle-ms", "300",
         "--log-format", "json", "--log-file", str(WORKSPACE / "sidecar.log"),
         "--", sys.executable, str(Path(__file__).parent / "demo_agent.py"),
+        str(WORKSPACE / "artifacts"), str(WORKSPACE / "claude" / "projects"),
     ]  # fmt: skip
     say("$ sidecar run --ui-push-mode cache --grace-period 20 ... -- python examples/demo_agent.py")
     proc = await asyncio.create_subprocess_exec(*argv, env=env, cwd=ROOT)

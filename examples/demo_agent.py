@@ -1,14 +1,13 @@
 """A stand-in for an AI agent: writes images, spills a data URL into a tool-results file, then exits.
 
-Run by `make demo` as `sidecar run -- python examples/demo_agent.py`; it finds its folders in the same
-SIDECAR_* variables the sidecar reads.
+Run by `make demo` as `sidecar run -- python examples/demo_agent.py ARTIFACTS_DIR TOOL_RESULTS_ROOT`: the
+folders come as arguments, since the agent never sees the sidecar's SIDECAR_* variables (SPEC 8).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -18,8 +17,7 @@ from images import bar_chart_svg, gradient_png
 
 
 def main() -> int:
-    artifacts = Path(os.environ["SIDECAR_ARTIFACTS_DIR"])
-    tool_results = Path(os.environ["SIDECAR_TOOL_RESULTS_DIRS"].split(",")[0])
+    artifacts, tool_results = Path(sys.argv[1]), Path(sys.argv[2])
     print(f"agent: working in {artifacts}", flush=True)
 
     # A careful writer: temp name, then rename (the sidecar ignores *.tmp).

@@ -19,6 +19,7 @@ __all__ = ("load_settings", "main")
 # Flags whose Settings field has a plural name (lists).
 _FIELD = {"tool_results_dir": "tool_results_dirs", "cors_origin": "cors_origins"}
 _BY_FIELD = {_FIELD.get(o.field, o.field): o for o in OPTIONS}
+_SECRET_FIELDS = ("ui_token", "auth_token")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,7 +80,7 @@ def load_settings(ns: argparse.Namespace) -> Settings:
             msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
             if loc:
                 field = str(loc[0])
-                shown = repr(err.get("input")) if field not in ("ui_token", "auth_token") else "(hidden)"
+                shown = repr(err.get("input")) if field not in _SECRET_FIELDS else "(hidden)"
                 lines.append(f"{_describe(field)}: {msg} (got {shown})")
             else:
                 field, _, rest = msg.partition(": ")
@@ -111,6 +112,13 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     from sidecar.logs import configure_logging
 
     configure_logging(fmt=settings.log_format, level=settings.log_level, log_file=settings.log_file)
+    if ns.command != "materialize":
+        from sidecar.logs import get_logger
+
+        for o in OPTIONS:
+            if o.field in _SECRET_FIELDS and getattr(ns, o.field, None) is not None:
+                # Every user of the machine reads /proc/<pid>/cmdline; the agent included.
+                get_logger("sidecar.cli").warning("security.token_on_command_line", option=o.flag, use=o.flag + "-file")
     if ns.command == "materialize":
         from sidecar.materialize import run_materialize
 

@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sidecar.privileges import read_secret_file, resolve_child_user
+
 __all__ = ("OPTIONS", "Option", "Settings", "default_tool_results_dirs")
 
 LogFormat = Literal["auto", "json", "console"]
@@ -17,10 +19,17 @@ PushMode = Literal["manifest", "cache"]
 CommaList = Annotated[list[str], NoDecode]
 
 
-def default_tool_results_dirs() -> list[Path]:
-    """`$CLAUDE_CONFIG_DIR/projects`, else `~/.claude/projects` (Claude Code's own layout)."""
+def default_tool_results_dirs(home: str | None = None) -> list[Path]:
+    """`$CLAUDE_CONFIG_DIR/projects`, else `~/.claude/projects` (Claude Code's own layout); `home` is the
+    child user's when `--child-user` is set, since that is where its Claude Code writes."""
     base = os.environ.get("CLAUDE_CONFIG_DIR")
-    return [Path(base) / "projects" if base else Path.home() / ".claude" / "projects"]
+    if base:
+        return [Path(base) / "projects"]
+    return [(Path(home) if home else Path.home()) / ".claude" / "projects"]
+
+
+# A secret and the file that holds it: one or the other, never both (SPEC 2).
+_SECRET_FILES = (("auth_token", "auth_token_file"), ("ui_token", "ui_token_file"))
 
 
 def _split(value: Any) -> Any:
@@ -49,8 +58,11 @@ class Settings(BaseSettings):
     ui_push_url: str | None = None
     ui_push_mode: PushMode = "manifest"
     ui_token: SecretStr | None = None
+    ui_token_file: Path | None = None
     chat_id: str | None = None
     auth_token: SecretStr | None = None
+    auth_token_file: Path | None = None
+    child_user: str | None = None
     signed_url_ttl: int = Field(3600, gt=0)
     cors_origins: CommaList = Field(default_factory=lambda: ["*"])
     grace_period: float = Field(30.0, ge=0, allow_inf_nan=False)
@@ -68,6 +80,40 @@ class Settings(BaseSettings):
     s3_prefix: str | None = None  # None: `<chat_id or sidecar_id>/`, known once the state dir is read
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """Read `--*-token-file` into its secret; a secret given both ways is refused, whichever way each came."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for secret, file in _SECRET_FILES:
+            if data.get(file) is None:
+                continue
+            if not str(data[file]).strip():
+                raise ValueError(f"{file}: needs a path")
+            if data.get(secret) not in (None, ""):
+                flag = "--" + secret.replace("_", "-")
+                raise ValueError(f"{file}: the secret is also given as {flag} (SIDECAR_{secret.upper()}); give one")
+            try:
+                data[secret] = read_secret_file(Path(str(data[file])))
+            except ValueError as e:
+                raise ValueError(f"{file}: {e}") from None
+        if data.get("child_user") is not None and data.get("tool_results_dirs") is None:
+            try:
+                home = resolve_child_user(str(data["child_user"])).home
+            except ValueError:
+                home = None  # _known_user says why
+            data["tool_results_dirs"] = default_tool_results_dirs(home)
+        return data
+
+    @field_validator("child_user")
+    @classmethod
+    def _known_user(cls, value: str | None) -> str | None:
+        if value is not None:
+            resolve_child_user(value)
+        return value
 
     @field_validator("tool_results_dirs", "cors_origins", "data_url_types", mode="before")
     @classmethod
@@ -155,8 +201,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("ui_push_url"),
     Option("ui_push_mode"),
     Option("ui_token"),
+    Option("ui_token_file"),
     Option("chat_id"),
     Option("auth_token"),
+    Option("auth_token_file"),
+    Option("child_user"),
     Option("signed_url_ttl"),
     Option("cors_origin", env="SIDECAR_CORS_ORIGINS", repeat=True),
     Option("grace_period"),

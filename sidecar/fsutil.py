@@ -32,10 +32,11 @@ def signature(st: os.stat_result) -> Signature:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the same directory, fsync, rename, fsync the directory: all or nothing."""
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Temp file in the same directory, fsync, rename, fsync the directory: all or nothing. Mode 0600 by
+    default: these are the sidecar's state files, nobody else's to read (SPEC 9)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_native_id()}.tmp")  # one per thread
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
         view = memoryview(data)
         while view:

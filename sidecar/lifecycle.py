@@ -17,6 +17,14 @@ from sidecar.logs import get_logger
 from sidecar.manifest import ManifestStore
 from sidecar.metrics import Metrics
 from sidecar.notify import Notifier
+from sidecar.privileges import (
+    ChildUser,
+    make_writable_for,
+    readable_by_others,
+    resolve_child_user,
+    secure_state_dir,
+    set_non_dumpable,
+)
 from sidecar.pusher import Pusher
 from sidecar.server import API_KEY, Hooks, build_app
 from sidecar.supervise import Child
@@ -74,6 +82,7 @@ class Sidecar:
         self.released = asyncio.Event()
         self.fast_exit = asyncio.Event()
         self.child: Child | None = None
+        self.child_user: ChildUser | None = None
         self._signals = 0
 
     # ---- hooks for the HTTP server -------------------------------------------------------
@@ -97,9 +106,32 @@ class Sidecar:
 
     # ---- the whole life ------------------------------------------------------------------
 
+    def _guard_secrets(self) -> None:
+        """Before anything is read or written: the state dir 0700, our memory unreadable to our own uid,
+        and, for `--child-user`, an artifacts dir that user can write (SPEC 8, 9)."""
+        s = self.settings
+        try:
+            secure_state_dir(s.state_dir.absolute())
+        except OSError as e:  # not ours to chmod: say so, the store still works
+            log.warning("security.state_dir_open", path=str(s.state_dir), error=str(e))
+        if not set_non_dumpable():
+            log.warning("security.dumpable", reason="prctl(PR_SET_DUMPABLE, 0) failed")
+        if self.mode == "run" and s.child_user:
+            user = resolve_child_user(s.child_user)
+            try:
+                if make_writable_for(s.artifacts_dir.absolute(), user):
+                    log.info("security.artifacts_dir_shared", path=str(s.artifacts_dir), gid=user.gid)
+            except OSError as e:
+                log.warning("security.artifacts_dir_not_writable", path=str(s.artifacts_dir), error=str(e))
+            self.child_user = user
+        for option, path in (("--auth-token-file", s.auth_token_file), ("--ui-token-file", s.ui_token_file)):
+            if path is not None and readable_by_others(path, self.child_user):
+                log.warning("security.token_file_readable", option=option, path=str(path))
+
     async def run(self) -> int:
         s = self.settings
         s.artifacts_dir.mkdir(parents=True, exist_ok=True)
+        self._guard_secrets()
         await asyncio.to_thread(self.store.load)
         await asyncio.to_thread(self.deliveries.load, self.store.sidecar_id)
         hooks = Hooks(self.ready, self.request_finalize, self.release, self.watcher.nudge, self.deliveries.served)
@@ -131,9 +163,9 @@ class Sidecar:
             self.notifier.send("READY=1")
             tasks.append(asyncio.create_task(self.notifier.watchdog(), name="watchdog"))
             if self.mode == "run":
-                self.child = Child(self.command)
+                self.child = Child(self.command, user=self.child_user)
                 self.child.start(loop)
-                log.info("lifecycle.child_started", pid=self.child.pid, command=self.command[0])
+                log.info("lifecycle.child_started", pid=self.child.pid, command=self.command[0], user=s.child_user)
                 exit_code = await self._wait_child()
             else:
                 await self._wait_any(self.finalize_requested)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from sidecar.logs import get_logger
+from sidecar.privileges import ChildUser, child_environ
 
 __all__ = ("FORWARDED", "Child", "become_subreaper")
 
@@ -19,7 +19,6 @@ log = get_logger("sidecar.supervise")
 # SIGTERM and SIGINT are forwarded too, by the lifecycle, only while the child lives (SPEC 8).
 FORWARDED = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 PR_SET_CHILD_SUBREAPER = 36
-SYSTEMD_PRIVATE = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
 
 
 def become_subreaper() -> bool:
@@ -36,8 +35,12 @@ def become_subreaper() -> bool:
 class Child:
     """We spawn and reap it ourselves (no asyncio child watcher), with waitpid(-1) on SIGCHLD like tini."""
 
-    def __init__(self, argv: Sequence[str]) -> None:
+    def __init__(
+        self, argv: Sequence[str], *, user: ChildUser | None = None, env: Mapping[str, str] | None = None
+    ) -> None:
         self.argv = list(argv)
+        self.user = user
+        self.env = child_environ(os.environ if env is None else env, user)
         self.pid = 0
         self.status: int | None = None
         self.reaped_orphans = 0
@@ -54,8 +57,18 @@ class Child:
         for sig in FORWARDED:
             loop.add_signal_handler(sig, self.forward, sig)
         try:
-            # stdin, stdout, stderr, environment and working directory are inherited as they are.
-            self._proc = subprocess.Popen(self.argv, process_group=0, close_fds=True)
+            # stdin, stdout, stderr and working directory are inherited as they are; the environment less
+            # the sidecar's secrets (SPEC 8). As another user: that uid and gid, no supplementary groups.
+            u = self.user
+            self._proc = subprocess.Popen(
+                self.argv,
+                process_group=0,
+                close_fds=True,
+                env=self.env,
+                user=u.uid if u else None,
+                group=u.gid if u else None,
+                extra_groups=[] if u else None,
+            )
         except OSError as e:
             log.error("lifecycle.child_failed", command=self.argv[0], error=str(e))
             self.status = 127 if isinstance(e, FileNotFoundError) else 126
@@ -66,8 +79,12 @@ class Child:
 
     def forward(self, sig: int) -> None:
         if self.alive:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
+            try:
                 os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            except PermissionError as e:  # a --child-user child and no CAP_KILL: the signal is lost, say so
+                log.warning("lifecycle.forward_failed", signal=signal.Signals(sig).name, error=str(e))
 
     def reap(self) -> None:
         """Collect every child that exited: ours gives the exit status, orphans just go away."""
