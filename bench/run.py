@@ -22,6 +22,8 @@ Static files (section `static`), servers on CPU 0 (taskset), every client on CPU
 The sidecar alone: publish latency and pushes (`publish`), `sidecar materialize` on a 1 GiB tool-results file
 dense with ~27 KiB PNG data URLs and on one without any (`datauri`), idle CPU and RSS with 1,000 artifacts
 (`idle`), spawn -> /readyz (`readyz`), /v1/manifest with 10,000 artifacts (`manifest`).
+The images (`image`, bench/image_checks.py): size, idle RSS and start -> /readyz in a container, for the pip
+image and the self-contained build; skipped, with a note, where podman is missing.
 
 Every process it starts runs in its own process group and is killed on exit, failure, Ctrl-C or SIGTERM.
 Results: bench/results/latest.json; server logs: bench/results/logs/.
@@ -54,13 +56,14 @@ from typing import Any, NoReturn
 import clients
 import deps
 import fixtures
+import image_checks
 import servers
 import sidecar_checks
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 SERVER_CPU, CLIENT_CPU = 0, 1
-SECTIONS = ("static", "publish", "datauri", "idle", "readyz", "manifest")
+SECTIONS = ("static", "publish", "datauri", "idle", "readyz", "manifest", "image")
 RANGE_CONNECTIONS = 8
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -483,6 +486,7 @@ _SIDECAR_SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "idle": _idle_lines,
     "readyz": _readyz_lines,
     "manifest": _manifest_lines,
+    "image": image_checks.lines,
 }
 
 
@@ -650,6 +654,11 @@ def main() -> int:
         if "manifest" in args.sections:
             with section(doc, "manifest", notes) as h:
                 h.update(sidecar_checks.manifest_10k(args.python, scratch, logs, 10_000, 50))
+    if "image" in args.sections:
+        with section(doc, "image", notes) as h:
+            h.update(image_checks.footprint(logs, args.readyz_runs))
+            if "skipped" in h:
+                notes.append(f"image skipped: {h['skipped']}")
 
     busy_end = cpu_busy()
     doc["host"]["busy_at_end"] = round(busy_end, 2)
