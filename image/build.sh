@@ -183,7 +183,6 @@ build_one() {
     case "$kind" in
     pip) file="$repo/Dockerfile" ;;
     selfcontained) file="$repo/image/Dockerfile.selfcontained" ;;
-    none) return 0 ;;
     *) die "unknown image kind $kind (pip or selfcontained)" ;;
     esac
     local -a mounts
@@ -202,6 +201,14 @@ main() {
     while [ $# -gt 0 ] && [ "$1" != "--" ]; do kinds+=("$1"); shift; done
     [ $# -gt 0 ] && shift
     [ ${#kinds[@]} -gt 0 ] || kinds=(pip selfcontained)
+    case "$cmd" in
+    build|base) ;;
+    exec) [ $# -gt 0 ] || die "exec needs a command after --" ;;
+    *) die "unknown command $cmd (build, exec or base)" ;;
+    esac
+    for kind in "${kinds[@]}"; do
+        case "$kind" in pip|selfcontained) ;; *) die "unknown image kind $kind (pip or selfcontained)" ;; esac
+    done
     sysdeps
     setup_podman
     local t0=$SECONDS kind
@@ -219,13 +226,11 @@ main() {
             log "saved build/image/sidecar-$kind.tar (docker load -i it)"
         done ;;
     exec)
-        [ $# -gt 0 ] || die "exec needs a command after --"
         local images=""
         for kind in "${kinds[@]}"; do images="$images $kind=localhost/sidecar-$kind:$tag"; done
         # Not exec: the trap removes the temp folder when the command is done.
         SIDECAR_IMAGES=${images# } "$@" ;;
-    *) die "unknown command $cmd (build or exec)" ;;
     esac
 }
 
-main "$@"
+main "$@"; exit  # on this line: an edit to this file while it runs cannot add commands
