@@ -258,3 +258,18 @@ def test_image_leaves_no_build_tools_or_build_config(image: str) -> None:
         assert found == set(), found  # no Python at all beside the folder
     else:
         assert found == {"python3"}, found
+
+
+def test_the_venv_holds_exactly_the_locked_versions(image: str) -> None:
+    if "selfcontained" in image:
+        pytest.skip("PyInstaller keeps no complete package metadata; its build installs the same lock")
+    lock = Path(__file__).resolve().parent / "requirements.txt"
+    pinned = {line.lower().replace("_", "-") for line in lock.read_text().splitlines() if "==" in line}
+    code = (
+        "import importlib.metadata as m\n"
+        "for d in m.distributions(): print(f\"{d.metadata['Name']}=={d.version}\".lower().replace('_', '-'))"
+    )
+    out = podman("run", "--rm", "--no-healthcheck", "--entrypoint", "/opt/sidecar/bin/python", image, "-c", code)
+    installed = set(out.stdout.decode().split())
+    assert {item.split("==")[0] for item in installed - pinned} == {"artifact-sidecar"}, installed - pinned
+    assert pinned - installed == set(), pinned - installed
