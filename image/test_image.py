@@ -273,3 +273,40 @@ def test_the_venv_holds_exactly_the_locked_versions(image: str) -> None:
     installed = set(out.stdout.decode().split())
     assert {item.split("==")[0] for item in installed - pinned} == {"artifact-sidecar"}, installed - pinned
     assert pinned - installed == set(), pinned - installed
+
+
+def test_offload_to_s3_works_in_the_image(run: Callable[..., Container]) -> None:
+    # aiobotocore is imported by name only with --s3-bucket: the frozen build must still carry it and
+    # botocore's S3 model. moto serves S3 on 127.0.0.1 (the container shares the host's network).
+    boto3 = pytest.importorskip("boto3")
+    moto_server = pytest.importorskip("moto.moto_server.threaded_moto_server")
+    port = free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        creds = {"AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": "smoke-test-key"}
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
+        )
+        s3.create_bucket(Bucket="smoke")
+        env = {
+            "SIDECAR_S3_BUCKET": "smoke",
+            "SIDECAR_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "SIDECAR_S3_PREFIX": "",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            **creds,
+        }
+        c = run("sh", "-c", "head -c 70000 /dev/urandom > artifacts/up.bin && exec sleep infinity", env=env)
+        on_disk = c.exec("cat /workspace/artifacts/up.bin")
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if s3.list_objects_v2(Bucket="smoke").get("KeyCount", 0):
+                break
+            time.sleep(0.2)
+        assert s3.get_object(Bucket="smoke", Key="up.bin")["Body"].read() == on_disk, c.logs()
+    finally:
+        server.stop()
