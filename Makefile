@@ -6,7 +6,7 @@ SHARED ?= ../shared
 CONFORMANCE ?= .
 PYTEST_FLAGS ?= -q
 
-.PHONY: venv sysdeps lint test conformance demo demo-serve bench soak clean
+.PHONY: venv sysdeps lint test conformance demo demo-serve bench soak clean image image-test image-lock
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +29,10 @@ sysdeps:
 	fi
 
 lint: venv
-	$(VENV)/bin/ruff check sidecar tests bench examples
-	$(VENV)/bin/ruff format --check sidecar tests bench examples
+	$(VENV)/bin/ruff check sidecar tests bench examples image
+	$(VENV)/bin/ruff format --check sidecar tests bench examples image
 	$(VENV)/bin/mypy
-	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/hadolint Dockerfile image/Dockerfile.selfcontained
 
 test: lint sysdeps
 	$(VENV)/bin/pytest $(PYTEST_FLAGS) tests
@@ -53,6 +53,19 @@ SEED ?= 1
 SOAK_FLAGS ?=
 soak: venv
 	$(PY) tests/e2e/soak.py --runs $(N) --seed $(SEED) $(SOAK_FLAGS)
+
+# The images (issue 16), built with Debian's podman on debootstrap bases, no registry (image/build.sh):
+# `make image` saves docker-archives under build/image/; `make image-test` smoke-tests both images.
+IMAGES ?= pip selfcontained
+image:
+	image/build.sh build $(IMAGES)
+
+image-test: venv
+	image/build.sh exec $(IMAGES) -- $(VENV)/bin/pytest $(PYTEST_FLAGS) image/test_image.py
+
+# Re-pin the images' packages after pyproject's dependencies change (tests/test_image_lock.py checks).
+image-lock:
+	$(PYTHON) image/lock.py
 
 bench: venv
 	$(PY) bench/run.py $(BENCH_ARGS)

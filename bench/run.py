@@ -25,6 +25,8 @@ dense with ~27 KiB PNG data URLs and on one without any (`datauri`), idle CPU an
 (issue 12): 40 `GET /v1/manifest` at 50,000 artifacts (`stalled_manifest`), 1,000 event subscribers at 5,000
 artifacts (`stalled_events`), each with RSS and /healthz meanwhile and RSS after they closed. One section alone:
 `python bench/run.py --sections stalled_manifest,stalled_events --no-install`.
+The images (`image`, bench/image_checks.py): size, idle RSS and start -> /readyz in a container, for the pip
+image and the self-contained build; skipped, with a note, where podman is missing.
 
 Every process it starts runs in its own process group and is killed on exit, failure, Ctrl-C or SIGTERM.
 Results: bench/results/latest.json; server logs: bench/results/logs/.
@@ -57,6 +59,7 @@ from typing import Any, NoReturn
 import clients
 import deps
 import fixtures
+import image_checks
 import memory_checks
 import servers
 import sidecar_checks
@@ -64,7 +67,17 @@ import sidecar_checks
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 SERVER_CPU, CLIENT_CPU = 0, 1
-SECTIONS = ("static", "publish", "datauri", "idle", "readyz", "manifest", "stalled_manifest", "stalled_events")
+SECTIONS = (
+    "static",
+    "publish",
+    "datauri",
+    "idle",
+    "readyz",
+    "manifest",
+    "stalled_manifest",
+    "stalled_events",
+    "image",
+)
 RANGE_CONNECTIONS = 8
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -509,6 +522,7 @@ _SIDECAR_SECTIONS: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "manifest": _manifest_lines,
     "stalled_manifest": _stalled_lines,
     "stalled_events": _stalled_lines,
+    "image": image_checks.lines,
 }
 
 
@@ -682,6 +696,11 @@ def main() -> int:
         if "stalled_events" in args.sections:
             with section(doc, "stalled_events", notes) as h:
                 h.update(memory_checks.stalled_events(args.python, scratch, logs, 5_000, 1_000))
+    if "image" in args.sections:
+        with section(doc, "image", notes) as h:
+            h.update(image_checks.footprint(logs, args.readyz_runs))
+            if "skipped" in h:
+                notes.append(f"image skipped: {h['skipped']}")
 
     busy_end = cpu_busy()
     doc["host"]["busy_at_end"] = round(busy_end, 2)

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve = subs.add_parser("serve", help="daemon mode, no child")
     mat = subs.add_parser("materialize", help="materialize the data URLs in FILEs and print one JSON object each")
-    for p in (run, serve, mat):
+    health = subs.add_parser("healthcheck", help="exit 0 if the daemon these options describe answers /healthz")
+    for p in (run, serve, mat, health):
         _add_options(p)
     mat.add_argument("files", nargs="+", metavar="FILE", type=Path)
     return parser
@@ -103,6 +104,10 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if ns.command != "run" and command is not None:
         _usage_error(f"{ns.command} takes no command after --")
     settings = load_settings(ns)
+    if ns.command == "healthcheck":
+        from sidecar.healthcheck import check_health
+
+        sys.exit(check_health(settings.host, settings.port))
 
     from sidecar.logs import configure_logging
 
