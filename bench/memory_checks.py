@@ -9,14 +9,10 @@ so a run takes seconds, not the minutes 50,000 hashes would.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import resource
-import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +20,10 @@ from sidecar_checks import percentile, proc_mem_mib, sidecar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from bulk import write_published  # the tests' generator, one copy
+from stalled import stalled_clients  # the tests' clients that never read, one copy
 
-RCVBUF = 4096
 HOLD_S = 8.0  # how long the clients stay connected once all are (RSS and /healthz are sampled throughout)
 AFTER_S = 8.0  # how long RSS may take to come back once they closed
-
-
-@contextlib.contextmanager
-def stalled_clients(port: int, request: bytes, count: int) -> Iterator[list[socket.socket]]:
-    """`count` connections that send `request` and never read; all closed on the way out."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < count + 256:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-            s.connect(("127.0.0.1", port))
-            s.sendall(request)
-        yield socks
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _healthz_ms(conn: http.client.HTTPConnection) -> float:

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import resource
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 from bulk import write_published
 from helpers import Sidecar, wait_for
+from stalled import stalled_clients
 
 MiB = 1024 * 1024
-RCVBUF = 4096
 WRITE_TIMEOUT_S = 2
 
 
@@ -30,25 +28,9 @@ def rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-@contextlib.contextmanager
-def non_readers(port: int, path: str, count: int) -> Iterator[list[socket.socket]]:
+def non_readers(port: int, path: str, count: int) -> contextlib.AbstractContextManager[list[socket.socket]]:
     """`count` connections that send `GET path` and never read; closed on the way out."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < count + 256:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-            s.connect(("127.0.0.1", port))
-            s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-        yield socks
-    finally:
-        for s in socks:
-            s.close()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return stalled_clients(port, f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode(), count)
 
 
 def cut_short(s: socket.socket, wait: float = 3.0) -> bool:
