@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from servers import http_get
 from sidecar_checks import percentile, proc_mem_mib, sidecar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -87,7 +88,7 @@ def _run(python: str, scratch: Path, logs: Path, tag: str, artifacts: int, clien
     write_published(art, scratch / f"state-{tag}", artifacts)
     request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
     with sidecar(python, art, scratch, logs, tag) as (proc, port):
-        status, body = _get(port, "/v1/manifest")
+        status, body = http_get(port, "/v1/manifest", timeout=60)
         if status != 200:
             raise RuntimeError(f"/v1/manifest: status {status}")
         time.sleep(1.0)
@@ -123,16 +124,6 @@ def _run(python: str, scratch: Path, logs: Path, tag: str, artifacts: int, clien
             "max_ms": round(max(health), 2),
         },
     }
-
-
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def stalled_manifest(python: str, scratch: Path, logs: Path, artifacts: int, clients: int) -> dict[str, Any]:
