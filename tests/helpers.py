@@ -32,6 +32,7 @@ __all__ = (
     "names",
     "raw_request",
     "sha256",
+    "source_writer",
     "spawn",
     "wait_for",
     "wait_manifest",
@@ -319,6 +320,18 @@ def names(doc: dict[str, Any]) -> list[str]:
 
 def entry(doc: dict[str, Any], name: str) -> dict[str, Any] | None:
     return next((a for a in doc["artifacts"] if a["name"] == name), None)
+
+
+def source_writer(results: Path) -> Callable[..., Path]:
+    """write(text or bytes, name="out.txt"): a tool-result file under `results` (parents made), its path."""
+
+    def write(text: str | bytes, name: str = "out.txt") -> Path:
+        p = results / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(text.encode() if isinstance(text, str) else text)
+        return p
+
+    return write
 
 
 # ---- a UI that receives pushes (served by the run_ui fixture) -------------------------------------

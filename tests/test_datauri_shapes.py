@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from corpus import encode, flip_idat, svg, unpadded
-from helpers import wait_manifest
+from helpers import source_writer, wait_manifest
 
 from sidecar.config import Settings
 from sidecar.materialize import materialize_file
@@ -44,13 +44,7 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture
 def source(tmp_path: Path) -> Callable[..., Path]:
-    def write(text: str | bytes, name: str = "out.txt") -> Path:
-        p = tmp_path / "results" / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(text.encode() if isinstance(text, str) else text)
-        return p
-
-    return write
+    return source_writer(tmp_path / "results")
 
 
 def published(settings: Settings, name: str) -> bytes:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from e2e.scenario import mount_tmpfs, umount
-from helpers import names, wait_manifest
+from helpers import names, source_writer, wait_manifest
 
 import sidecar.materialize as materialize
 import sidecar.sink as sink
@@ -81,13 +81,7 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 def source(tmp_path: Path) -> Callable[[str | bytes], Path]:
-    def write(text: str | bytes, name: str = "out.txt") -> Path:
-        p = tmp_path / "results" / name
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_bytes(text.encode() if isinstance(text, str) else text)
-        return p
-
-    return write
+    return source_writer(tmp_path / "results")
 
 
 def artifacts(settings: Settings) -> list[str]:
