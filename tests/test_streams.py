@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 from bulk import write_published
-from helpers import Sidecar, wait_for
+from helpers import Sidecar, Workspace, wait_for
 from stalled import stalled_clients
 
 MiB = 1024 * 1024
@@ -72,20 +73,34 @@ async def idle_rss(sc: Sidecar, http: aiohttp.ClientSession) -> tuple[int, int]:
     return rss(sc.pid), size
 
 
+async def stalled_are_cut(
+    run_sidecar: Callable[..., Awaitable[Sidecar]],
+    workspace: Callable[..., Workspace],
+    http: aiohttp.ClientSession,
+    path: str,
+    count: int,
+) -> tuple[Sidecar, int]:
+    """`count` clients ask `path` for a ~9 MB body and read nothing: RSS grows by far less than one copy
+    each, /healthz answers meanwhile, the write timeout closes them, and RSS comes back near idle.
+    Returns (the sidecar, the manifest's size)."""
+    ws = workspace()
+    write_published(ws.artifacts, ws.state, 20_000)
+    sc = await run_sidecar(env={"SIDECAR_WRITE_TIMEOUT": str(WRITE_TIMEOUT_S)})
+    idle, size = await idle_rss(sc, http)
+    assert size > 8 * MiB
+    with non_readers(sc.port, path, count) as socks:
+        peak = await held(sc, http, WRITE_TIMEOUT_S + 1.0)
+        assert peak - idle < 48 * MiB  # a copy each would be `count` x 9 MB
+        assert all(await all_cut(socks))
+    await wait_for(lambda: rss(sc.pid) - idle < 16 * MiB, timeout=10)
+    return sc, size
+
+
 class TestClientsThatNeverRead:
     async def test_manifest_readers_that_stall_hold_no_copy_and_are_cut(self, run_sidecar, workspace, http):
         """30 clients ask for a ~9 MB manifest and read nothing: RSS grows by far less than one copy each,
         /healthz answers meanwhile, the write timeout closes them, and RSS comes back near idle."""
-        ws = workspace()
-        write_published(ws.artifacts, ws.state, 20_000)
-        sc = await run_sidecar(env={"SIDECAR_WRITE_TIMEOUT": str(WRITE_TIMEOUT_S)})
-        idle, size = await idle_rss(sc, http)
-        assert size > 8 * MiB
-        with non_readers(sc.port, "/v1/manifest", 30) as socks:
-            peak = await held(sc, http, WRITE_TIMEOUT_S + 1.0)
-            assert peak - idle < 48 * MiB  # a copy each would be 30 x 9 MB
-            assert all(await all_cut(socks))
-        await wait_for(lambda: rss(sc.pid) - idle < 16 * MiB, timeout=10)
+        sc, size = await stalled_are_cut(run_sidecar, workspace, http, "/v1/manifest", 30)
         async with http.get(sc.url("/v1/manifest")) as resp:  # and a client that reads gets it whole
             assert len(await resp.read()) == size
 
@@ -93,16 +108,7 @@ class TestClientsThatNeverRead:
         """200 event subscribers owed a ~9 MB `manifest` event (more than the kernel buffers for each) that
         read nothing: RSS grows by far less than a copy each, /healthz answers meanwhile, the write timeout
         closes them, and RSS comes back near idle."""
-        ws = workspace()
-        write_published(ws.artifacts, ws.state, 20_000)
-        sc = await run_sidecar(env={"SIDECAR_WRITE_TIMEOUT": str(WRITE_TIMEOUT_S)})
-        idle, size = await idle_rss(sc, http)
-        assert size > 8 * MiB
-        with non_readers(sc.port, "/v1/events", 200) as socks:
-            peak = await held(sc, http, WRITE_TIMEOUT_S + 1.0)
-            assert peak - idle < 48 * MiB  # a copy each would be 200 x 9 MB
-            assert all(await all_cut(socks))
-        await wait_for(lambda: rss(sc.pid) - idle < 16 * MiB, timeout=10)
+        await stalled_are_cut(run_sidecar, workspace, http, "/v1/events", 200)
 
     async def test_subscribers_that_read_get_every_frame_whole(self, run_sidecar, workspace, http):
         """Beside stalled subscribers, one that reads gets the ~2 MB manifest event whole, then each change."""
