@@ -10,11 +10,12 @@ import secrets
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any
 
 import aiohttp
-from helpers import entry, free_port, get_manifest, names, raw_request, sha256, wait_manifest
+from helpers import Sidecar, Workspace, entry, free_port, get_manifest, names, raw_request, sha256, wait_manifest
 from yarl import URL
 
 from sidecar.security import encode_path, sign
@@ -158,16 +159,21 @@ class TestRanges:
             assert "Content-Range" not in headers
 
 
+async def digits_served(
+    run_sidecar: Callable[..., Awaitable[Sidecar]], workspace: Callable[..., Workspace]
+) -> tuple[str, str, float]:
+    """d.txt (DIGITS) served by a fresh sidecar: its URL, strong ETag and mtime (for the validators)."""
+    path = workspace().write("d.txt", DIGITS)
+    sc = await run_sidecar()
+    return sc.url("/artifacts/d.txt"), f'"{sha256(DIGITS)}"', path.stat().st_mtime
+
+
 class TestConditionalRequests:
     async def test_if_none_match_and_if_modified_since(self, run_sidecar, workspace, http):
         """The current ETag (any form) or Last-Modified gives 304; If-None-Match decides alone."""
-        ws = workspace()
-        path = ws.write("d.txt", DIGITS)
-        sc = await run_sidecar()
-        url = sc.url("/artifacts/d.txt")
-        etag = f'"{sha256(DIGITS)}"'
-        last_modified = formatdate(path.stat().st_mtime, usegmt=True)
-        older = formatdate(path.stat().st_mtime - 3600, usegmt=True)
+        url, etag, mtime = await digits_served(run_sidecar, workspace)
+        last_modified = formatdate(mtime, usegmt=True)
+        older = formatdate(mtime - 3600, usegmt=True)
         for value in (etag, f"W/{etag}", f'"nope", {etag}', "*"):
             status, headers, body = await fetch(http, "GET", url, headers={"If-None-Match": value})
             assert (status, body) == (304, b""), value
@@ -185,12 +191,7 @@ class TestConditionalRequests:
 
     async def test_if_range_sends_the_range_only_for_the_current_version(self, run_sidecar, workspace, http):
         """If-Range with the strong ETag or the exact date gives 206; a stale or weak validator gives 200 whole."""
-        ws = workspace()
-        path = ws.write("d.txt", DIGITS)
-        sc = await run_sidecar()
-        url = sc.url("/artifacts/d.txt")
-        etag = f'"{sha256(DIGITS)}"'
-        mtime = path.stat().st_mtime
+        url, etag, mtime = await digits_served(run_sidecar, workspace)
         for validator in (etag, formatdate(mtime, usegmt=True)):
             status, _, body = await fetch(http, "GET", url, headers={"Range": "bytes=0-3", "If-Range": validator})
             assert (status, body) == (206, b"0123"), validator
@@ -201,12 +202,7 @@ class TestConditionalRequests:
     async def test_if_match_and_if_unmodified_since_give_412(self, run_sidecar, workspace, http):
         """A stale If-Match or If-Unmodified-Since is 412, even with a Range (a resuming client never glues
         new bytes onto an old partial file); the current ones serve the range."""
-        ws = workspace()
-        path = ws.write("d.txt", DIGITS)
-        sc = await run_sidecar()
-        url = sc.url("/artifacts/d.txt")
-        etag = f'"{sha256(DIGITS)}"'
-        mtime = path.stat().st_mtime
+        url, etag, mtime = await digits_served(run_sidecar, workspace)
         stale = [
             {"If-Match": '"0000"'},
             {"If-Match": f"W/{etag}"},
