@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
@@ -27,6 +28,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 _FAILED = pytest.StashKey[bool]()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No SIDECAR_* variable or CLAUDE_CONFIG_DIR from the outside; HOME is a fresh directory (returned)."""
+    for key in list(os.environ):
+        if key.startswith("SIDECAR_") or key == "CLAUDE_CONFIG_DIR":
+            monkeypatch.delenv(key)
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    return home
 
 
 @pytest.fixture

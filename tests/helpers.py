@@ -18,7 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
+
+from sidecar.cli import build_parser, load_settings
+from sidecar.config import Settings
 
 __all__ = (
     "REPO_ROOT",
@@ -31,6 +35,8 @@ __all__ = (
     "get_manifest",
     "names",
     "raw_request",
+    "refused",
+    "settings",
     "sha256",
     "source_writer",
     "spawn",
@@ -332,6 +338,25 @@ def source_writer(results: Path) -> Callable[..., Path]:
         return p
 
     return write
+
+
+def settings(*argv: str, command: str = "serve") -> Settings:
+    """Parse only: never start a daemon in the test process (an unknown option may be ignored)."""
+    return load_settings(build_parser().parse_args([command, *argv]))
+
+
+def refused(capsys: pytest.CaptureFixture[str], *argv: str, after_usage: bool = False) -> str:
+    """`sidecar serve argv` exits 2 with a one-line error, which is returned; `after_usage`: argparse's own
+    refusals print a usage line before it."""
+    with pytest.raises(SystemExit) as exc:
+        settings(*argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "no error message"
+    if not after_usage:
+        assert len(err) == 1, err
+    assert err[-1].startswith("sidecar: error: "), err
+    return err[-1]
 
 
 # ---- a UI that receives pushes (served by the run_ui fixture) -------------------------------------

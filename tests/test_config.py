@@ -2,39 +2,23 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+import helpers
 import pytest
+from helpers import settings
 
-from sidecar.cli import build_parser, load_settings, main
-from sidecar.config import Settings
+from sidecar.cli import main
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """No SIDECAR_* variable or CLAUDE_CONFIG_DIR from the outside; HOME is a fresh directory."""
-    for key in list(os.environ):
-        if key.startswith("SIDECAR_") or key == "CLAUDE_CONFIG_DIR":
-            monkeypatch.delenv(key)
-    home = tmp_path / "home"
-    monkeypatch.setenv("HOME", str(home))
-    return home
-
-
-def settings(*argv: str, command: str = "serve") -> Settings:
-    return load_settings(build_parser().parse_args([command, *argv]))
+def _outside_env(clean_env: Path) -> None:
+    """Every test here runs with conftest's clean_env: nothing from the outside, a fresh HOME."""
 
 
 def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """Parse argv, expect exit status 2, and return the one error line."""
-    with pytest.raises(SystemExit) as exc:
-        settings(*argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err, "no error message"
-    assert err[-1].startswith("sidecar: error: ")
-    return err[-1]
+    """helpers.refused, where argparse's own refusals (a usage line first) count too."""
+    return helpers.refused(capsys, *argv, after_usage=True)
 
 
 class TestDefaults:

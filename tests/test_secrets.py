@@ -14,10 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT, Sidecar, Workspace, daemon_env, entry, free_port, sha256, wait_manifest
-
-from sidecar.cli import build_parser, load_settings
-from sidecar.config import Settings
+from helpers import (
+    REPO_ROOT,
+    Sidecar,
+    Workspace,
+    daemon_env,
+    entry,
+    free_port,
+    refused,
+    settings,
+    sha256,
+    wait_manifest,
+)
 
 AGENT = "sidecar-test-agent"
 AUTH = "auth-7f3c9e1d5b"
@@ -137,30 +145,6 @@ class TestTokenFiles:
         }
         sc = await run_sidecar("--ui-push-url", ui.url, env=env)
         await self._check(sc, ui, http)
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    for key in list(os.environ):
-        if key.startswith("SIDECAR_") or key == "CLAUDE_CONFIG_DIR":
-            monkeypatch.delenv(key)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    return tmp_path
-
-
-def settings(*argv: str, command: str = "serve") -> Settings:
-    """Parse only: never start a daemon in the test process (an unknown option may be ignored)."""
-    return load_settings(build_parser().parse_args([command, *argv]))
-
-
-def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
-    """`sidecar serve argv` exits 2 with a one-line error."""
-    with pytest.raises(SystemExit) as exc:
-        settings(*argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("sidecar: error: "), err
-    return err[0]
 
 
 @pytest.mark.usefixtures("clean_env")
