@@ -40,6 +40,7 @@ __all__ = (
     "sha256",
     "source_writer",
     "spawn",
+    "start_logged",
     "wait_for",
     "wait_manifest",
 )
@@ -270,6 +271,25 @@ def spawn(
     argv += ["--log-format", "json"]
     if command is not None:
         argv += ["--", *command]
+    token = None
+    for i, a in enumerate(args):
+        if a == "--auth-token" and i + 1 < len(args):
+            token = args[i + 1]
+    # preexec: resource limits for the daemon (what prlimit would do)
+    return start_logged(argv, port, workspace, env, log_name, token, preexec_fn=preexec)
+
+
+def start_logged(
+    argv: list[str],
+    port: int,
+    workspace: Workspace,
+    env: dict[str, str],
+    log_name: str,
+    token: str | None = None,
+    **popen: Any,
+) -> Sidecar:
+    """A daemon `argv` in its own session in the workspace root, stdin closed, stdout and stderr to
+    `<log_name>.stdout` and `.stderr` there; `popen`: more subprocess.Popen options (user, preexec_fn...)."""
     stdout = workspace.root / f"{log_name}.stdout"
     stderr = workspace.root / f"{log_name}.stderr"
     with open(stdout, "wb") as out, open(stderr, "wb") as err:
@@ -281,12 +301,8 @@ def spawn(
             env=env,
             cwd=workspace.root,
             start_new_session=True,
-            preexec_fn=preexec,  # resource limits for the daemon (what prlimit would do)
+            **popen,
         )
-    token = None
-    for i, a in enumerate(args):
-        if a == "--auth-token" and i + 1 < len(args):
-            token = args[i + 1]
     return Sidecar(proc, port, workspace, argv, stdout, stderr, token)
 
 

@@ -24,6 +24,7 @@ from helpers import (
     refused,
     settings,
     sha256,
+    start_logged,
     wait_manifest,
 )
 
@@ -341,21 +342,7 @@ class TestNonDumpable:
         argv += [str(open_ws.state), "--tool-results-dir", str(open_ws.tool_results), "--host", "127.0.0.1"]
         argv += ["--port", str(port), "--log-format", "json", "--grace-period", "0", "--"]
         argv += ["sh", "-c", 'echo "uid $(id -u)"; tr "\\0" "\\n" < /proc/$PPID/environ; echo "exit $?"']
-        out_path, err_path = open_ws.root / "sc.stdout", open_ws.root / "sc.stderr"
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=env,
-                cwd=open_ws.root,
-                start_new_session=True,
-                user=agent.pw_uid,
-                group=agent.pw_gid,
-                extra_groups=[],
-            )
-        sc = Sidecar(proc, port, open_ws, argv, out_path, err_path, None)
+        sc = start_logged(argv, port, open_ws, env, "sc", user=agent.pw_uid, group=agent.pw_gid, extra_groups=[])
         try:
             assert await sc.wait_exit(15) == 0, sc.stderr()
         finally:
