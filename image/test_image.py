@@ -283,6 +283,7 @@ def test_offload_to_s3_works_in_the_image(run: Callable[..., Container]) -> None
     port = free_port()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    c: Container | None = None
     try:
         creds = {"AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": "smoke-test-key"}
         s3 = boto3.client(
@@ -309,4 +310,8 @@ def test_offload_to_s3_works_in_the_image(run: Callable[..., Container]) -> None
             time.sleep(0.2)
         assert s3.get_object(Bucket="smoke", Key="up.bin")["Body"].read() == on_disk, c.logs()
     finally:
+        # The container first: the sidecar's kept-alive connection to moto would hold one of its request
+        # threads, and moto's stop() waits for them all (it hung a CI run).
+        if c is not None:
+            podman("rm", "-f", "-t", "0", c.name, check=False)
         server.stop()
