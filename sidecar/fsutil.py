@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sidecar.beneath import open_dir_nofollow, open_regular_beneath
+from sidecar.retry import exponential
 
 __all__ = (
     "TRANSIENT",
@@ -49,7 +50,7 @@ def is_transient(e: BaseException) -> bool:
 
 def backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
     """Seconds to wait before retry number `attempt` (1, 2, ...): exponential, capped, with jitter."""
-    return min(cap, base * 2.0 ** min(attempt - 1, 16)) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
+    return exponential(attempt - 1, base, cap) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
 
 
 def signature(st: os.stat_result) -> Signature:

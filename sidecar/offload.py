@@ -21,7 +21,7 @@ from sidecar.fsutil import atomic_write_bytes, open_beneath
 from sidecar.logs import get_logger
 from sidecar.manifest import Entry, ManifestStore
 from sidecar.metrics import Metrics
-from sidecar.pusher import backoff_delay
+from sidecar.retry import backoff_delay
 from sidecar.s3 import MAX_PRESIGN_S, Bucket, Changed, Down, Refused, Rejected, open_bucket
 
 __all__ = ("Offloader",)

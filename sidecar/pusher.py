@@ -19,23 +19,17 @@ from sidecar.logs import Throttle, get_logger
 from sidecar.manifest import ManifestStore
 from sidecar.metrics import Metrics
 from sidecar.numbers import ascii_uint
+from sidecar.retry import BACKOFF_CAP_S, backoff_delay
 
-__all__ = ("Pusher", "backoff_delay", "retry_after_seconds")
+__all__ = ("BACKOFF_CAP_S", "Pusher", "backoff_delay", "retry_after_seconds")
 
 log = get_logger("sidecar.pusher")
 
 PUSH_TIMEOUT_S = 10.0
-BACKOFF_BASE_S = 0.25
-BACKOFF_CAP_S = 10.0
 RETRY_AFTER_CAP_S = 120.0
 RETRYABLE = frozenset({408, 425, 429})
 STATE_FILE = "push.json"
 SAVE_EVERY_S = 0.25  # acknowledgements are written at most this often (and when idle, and at the end)
-
-
-def backoff_delay(attempt: int, rng: random.Random) -> float:
-    """Full jitter: uniform in [0, min(cap, base * 2**attempt)] (attempt counts from 0)."""
-    return rng.uniform(0.0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** min(attempt, 16))))
 
 
 def retry_after_seconds(value: str | None) -> float | None:

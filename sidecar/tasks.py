@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from sidecar.logs import get_logger
+from sidecar.retry import exponential
 
 __all__ = ("RESTART_BASE_S", "RESTART_CAP_S", "keep_running", "restart_delay")
 
@@ -19,7 +20,7 @@ HEALTHY_S = 60.0  # a task that ran this long before it died starts its backoff 
 
 def restart_delay(crashes: int) -> float:
     """Exponential backoff: 0.1 s after the first crash in a row, doubling, at most 30 s."""
-    return min(RESTART_CAP_S, RESTART_BASE_S * float(2 ** min(max(crashes - 1, 0), 16)))
+    return exponential(crashes - 1, RESTART_BASE_S, RESTART_CAP_S)
 
 
 async def keep_running(name: str, start: Callable[[], Awaitable[None]]) -> None:
