@@ -293,9 +293,11 @@ def test_offload_to_s3_works_in_the_image(run: Callable[..., Container]) -> None
             aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"],
         )
-        s3.create_bucket(Bucket="smoke")
+        # moto keeps its buckets per process, across servers: each image gets a bucket of its own
+        bucket = f"smoke-{secrets.token_hex(4)}"
+        s3.create_bucket(Bucket=bucket)
         env = {
-            "SIDECAR_S3_BUCKET": "smoke",
+            "SIDECAR_S3_BUCKET": bucket,
             "SIDECAR_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
             "SIDECAR_S3_PREFIX": "",
             "AWS_EC2_METADATA_DISABLED": "true",
@@ -305,10 +307,10 @@ def test_offload_to_s3_works_in_the_image(run: Callable[..., Container]) -> None
         on_disk = c.exec("cat /workspace/artifacts/up.bin")
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
-            if s3.list_objects_v2(Bucket="smoke").get("KeyCount", 0):
+            if s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0):
                 break
             time.sleep(0.2)
-        assert s3.get_object(Bucket="smoke", Key="up.bin")["Body"].read() == on_disk, c.logs()
+        assert s3.get_object(Bucket=bucket, Key="up.bin")["Body"].read() == on_disk, c.logs()
     finally:
         # The container first: the sidecar's kept-alive connection to moto would hold one of its request
         # threads, and moto's stop() waits for them all (it hung a CI run).
