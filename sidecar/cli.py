@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
             usage=usage,
             help=summary,
             description=description,
-            epilog=_OTHERS if command in ("materialize", "healthcheck") else None,
+            epilog=_OTHERS if any(command not in o.commands for o in OPTIONS) else None,
             formatter_class=_formatter,
         )
         _add_options(p, command)
