@@ -12,14 +12,44 @@ from typing import Any, NoReturn
 from pydantic import ValidationError
 
 from sidecar import __version__
-from sidecar.config import OPTIONS, Option, Settings
+from sidecar.config import OPTIONS, Command, Option, Settings
 
-__all__ = ("load_settings", "main")
+__all__ = ("build_parser", "load_settings", "main")
 
-# Flags whose Settings field has a plural name (lists).
-_FIELD = {"tool_results_dir": "tool_results_dirs", "cors_origin": "cors_origins", "ui_push_header": "ui_push_headers"}
-_SECRET_FIELDS = frozenset({"ui_token", "auth_token", "ui_push_headers"})  # never echoed in an error
-_BY_FIELD = {_FIELD.get(o.field, o.field): o for o in OPTIONS}
+_BY_FIELD = {o.field: o for o in OPTIONS}
+_SECRET_FIELDS = frozenset(o.field for o in OPTIONS if o.secret)  # never echoed in an error
+
+# usage, one line in `sidecar --help`, the description in `sidecar COMMAND --help` (SPEC 1)
+_COMMANDS: dict[Command, tuple[str, str, str]] = {
+    "run": (
+        "sidecar run [OPTIONS] -- CMD [ARG...]",
+        "start the services, then CMD as the supervised child",
+        "Entrypoint mode: start the services, then CMD as the supervised child; when it exits, finalize, "
+        "hold the grace period and exit with its status.",
+    ),
+    "serve": (
+        "sidecar serve [OPTIONS]",
+        "daemon mode, no child",
+        "Daemon mode, no child: serve until SIGTERM, SIGINT or POST /v1/finalize, then finalize, hold the "
+        "grace period and exit 0.",
+    ),
+    "materialize": (
+        "sidecar materialize [OPTIONS] FILE...",
+        "materialize the data URLs in FILEs and print one JSON object each",
+        "One shot: write the data URLs in FILEs to the artifacts dir and print one JSON object per data URL "
+        "found; exit 0, or 1 if a FILE could not be read.",
+    ),
+    "healthcheck": (
+        "sidecar healthcheck [OPTIONS]",
+        "exit 0 if the daemon these options describe answers /healthz",
+        "Exit 0 if the daemon these options describe answers GET /healthz with 200, else 1 with one line "
+        "on stderr saying why.",
+    ),
+}
+_OTHERS = (
+    "The other options (see `sidecar run --help`) and their SIDECAR_* variables are accepted and checked "
+    "here too, but not used."
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,29 +58,56 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"sidecar: error: {message}\n")
 
 
-def _add_options(p: argparse.ArgumentParser) -> None:
+def _help(o: Option) -> str:
+    """`port the HTTP API listens on (default: 5173; env SIDECAR_PORT)`; `%` is argparse's."""
+    facts = ["secret"] if o.secret else []
+    if o.kind == "list":
+        facts.append("repeatable, takes comma lists")
+    facts += [f"default: {o.default}", f"env {o.env}"]
+    if o.file:
+        f = _BY_FIELD[o.file]
+        facts.append(f"or from a file: {f.flag}, {f.env}")
+    return f"{o.help} ({'; '.join(facts)})".replace("%", "%%")
+
+
+def _add_options(p: argparse.ArgumentParser, command: Command) -> None:
+    """Every option, so that a flag means what its variable means whatever the command; those this
+    command does not use are left out of its --help."""
     for o in OPTIONS:
-        if o.flag_bool:
-            p.add_argument(o.flag, dest=o.field, action=argparse.BooleanOptionalAction, default=None)
-        elif o.repeat:
-            p.add_argument(o.flag, dest=o.field, action="append", default=None, metavar="VALUE")
+        shown = _help(o) if command in o.commands else argparse.SUPPRESS
+        if o.kind == "bool":
+            p.add_argument(o.flag, dest=o.field, action=argparse.BooleanOptionalAction, default=None, help=shown)
+        elif o.kind == "list":
+            p.add_argument(o.flag, dest=o.field, action="append", default=None, metavar=o.metavar, help=shown)
         else:
-            p.add_argument(o.flag, dest=o.field, default=None, metavar="VALUE")
+            p.add_argument(o.flag, dest=o.field, default=None, metavar=o.metavar, help=shown)
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, max_help_position=36)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="sidecar", description="Publish and serve an AI agent's artifacts from its sandbox.")
+    parser = _Parser(
+        prog="sidecar",
+        description="Publish and serve an AI agent's artifacts from its sandbox.",
+        epilog="`sidecar COMMAND --help` lists the options of COMMAND.",
+        formatter_class=_formatter,
+    )
     parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
     subs = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
-    run = subs.add_parser(
-        "run", help="start the services, then CMD as the supervised child: sidecar run [OPTIONS] -- CMD"
-    )
-    serve = subs.add_parser("serve", help="daemon mode, no child")
-    mat = subs.add_parser("materialize", help="materialize the data URLs in FILEs and print one JSON object each")
-    health = subs.add_parser("healthcheck", help="exit 0 if the daemon these options describe answers /healthz")
-    for p in (run, serve, mat, health):
-        _add_options(p)
-    mat.add_argument("files", nargs="+", metavar="FILE", type=Path)
+    for command, (usage, summary, description) in _COMMANDS.items():
+        p = subs.add_parser(
+            command,
+            usage=usage,
+            help=summary,
+            description=description,
+            epilog=_OTHERS if any(command not in o.commands for o in OPTIONS) else None,
+            formatter_class=_formatter,
+        )
+        _add_options(p, command)
+        if command == "materialize":
+            p.add_argument("files", nargs="+", metavar="FILE", type=Path, help="text files to scan")
     return parser
 
 
@@ -60,7 +117,7 @@ def _usage_error(message: str) -> NoReturn:
 
 
 def _describe(field: str) -> str:
-    o: Option | None = _BY_FIELD.get(field)
+    o = _BY_FIELD.get(field)
     return f"{o.flag} ({o.env})" if o else field
 
 
@@ -70,7 +127,7 @@ def load_settings(ns: argparse.Namespace) -> Settings:
     for o in OPTIONS:
         value = getattr(ns, o.field, None)
         if value is not None:
-            given[_FIELD.get(o.field, o.field)] = value
+            given[o.field] = value
     try:
         return Settings(**given)
     except ValidationError as e:
@@ -116,9 +173,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         from sidecar.logs import get_logger
 
         for o in OPTIONS:
-            if o.field in _SECRET_FIELDS and getattr(ns, o.field, None) is not None:
+            if o.file and getattr(ns, o.field, None) is not None:
                 # Every user of the machine reads /proc/<pid>/cmdline; the agent included.
-                get_logger("sidecar.cli").warning("security.token_on_command_line", option=o.flag, use=o.flag + "-file")
+                get_logger("sidecar.cli").warning(
+                    "security.token_on_command_line", option=o.flag, use=_BY_FIELD[o.file].flag
+                )
     if ns.command == "materialize":
         from sidecar.materialize import run_materialize
 

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, JsonValue, SecretStr, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sidecar.privileges import read_secret_file, resolve_child_user
 
-__all__ = ("OPTIONS", "Option", "Settings", "default_tool_results_dirs", "parse_push_headers")
+__all__ = (
+    "COMMANDS",
+    "OPTIONS",
+    "Command",
+    "Option",
+    "Settings",
+    "default_tool_results_dirs",
+    "option",
+    "options",
+    "parse_push_headers",
+)
 
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
@@ -81,47 +93,125 @@ def _split(value: Any) -> Any:
     return out
 
 
+Command = Literal["run", "serve", "materialize", "healthcheck"]
+COMMANDS: tuple[Command, ...] = get_args(Command)
+_DAEMON: tuple[Command, ...] = ("run", "serve")
+_ONE_SHOT: tuple[Command, ...] = (*_DAEMON, "materialize")  # what `sidecar materialize` reads
+_PROBED: tuple[Command, ...] = (*_DAEMON, "healthcheck")  # what `sidecar healthcheck` reads
+
+
+def option(
+    help: str,
+    commands: tuple[Command, ...] = _DAEMON,
+    *,
+    flag: str | None = None,
+    secret: bool = False,
+    shown: str | None = None,
+    **field: Any,
+) -> Any:
+    """A Settings field that is an option: pydantic's `Field(**field)` plus what the command line shows.
+
+    `help` is one line; `commands` are those whose --help lists it (every command accepts every option,
+    as every command reads every `SIDECAR_*` variable); `flag` when it is not the field's name (lists
+    have a plural field and variable, a singular repeatable flag); `secret` is never shown or echoed;
+    `shown` is the default as --help prints it, when the value itself would not say it."""
+    cli: dict[str, JsonValue] = {"commands": list(commands), "secret": secret}
+    if flag is not None:
+        cli["flag"] = flag
+    if shown is not None:
+        cli["shown"] = shown
+    if "default_factory" not in field:
+        field.setdefault("default", None)  # an option nobody gives is unset, never missing
+    return Field(description=help, json_schema_extra={"cli": cli}, **field)
+
+
 class Settings(BaseSettings):
-    """One object, loaded once, passed explicitly. Field names are the flags without `--`."""
+    """One object, loaded once, passed explicitly. Each field is one option, declared once with `option()`:
+    its flag (the field name, unless it says otherwise), its `SIDECAR_<FIELD>` variable, help and commands."""
 
     model_config = SettingsConfigDict(env_prefix="SIDECAR_", extra="ignore", frozen=True, populate_by_name=True)
 
-    artifacts_dir: Path = Path("/workspace/artifacts")
-    tool_results_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=default_tool_results_dirs)
-    tool_results_glob: str = "**/tool-results/*"
-    state_dir: Path = Path("/workspace/.sidecar")
-    host: str = "0.0.0.0"
-    port: int = Field(5173, ge=0, le=65535)
-    public_base_url: str | None = None
-    ui_push_url: str | None = None
-    ui_push_mode: PushMode = "manifest"
+    artifacts_dir: Path = option(
+        "where artifacts are watched, served and materialized; created if missing",
+        _ONE_SHOT,
+        default=Path("/workspace/artifacts"),
+    )
+    tool_results_dirs: Annotated[list[Path], NoDecode] = option(
+        "a root searched for tool-results files; a missing root is picked up once it appears",
+        flag="--tool-results-dir",
+        shown="$CLAUDE_CONFIG_DIR/projects, else ~/.claude/projects",
+        default_factory=default_tool_results_dirs,
+    )
+    tool_results_glob: str = option(
+        "which files under the tool-results roots are scanned for data URLs", default="**/tool-results/*"
+    )
+    state_dir: Path = option(
+        "persisted manifest and push state; never inside the artifacts dir", default=Path("/workspace/.sidecar")
+    )
+    host: str = option("address the HTTP API listens on, which healthcheck probes", _PROBED, default="0.0.0.0")
+    port: int = option(
+        "port the HTTP API listens on; 0 picks a free one, logged in http.listening",
+        _PROBED,
+        default=5173,
+        ge=0,
+        le=65535,
+    )
+    public_base_url: str | None = option("absolute base of `url` in the manifest: the sandbox's public URL")
+    ui_push_url: str | None = option("where manifests are pushed; none disables pushing")
+    ui_push_mode: PushMode = option("what is pushed; cache needs --public-base-url and --chat-id", default="manifest")
     # (name, value) pairs; values are secrets (never logged), names are not.
-    ui_push_headers: Annotated[list[tuple[str, SecretStr]], NoDecode] = Field(default_factory=list)
-    ui_token: SecretStr | None = None
-    ui_token_file: Path | None = None
-    chat_id: str | None = None
-    auth_token: SecretStr | None = None
-    auth_token_file: Path | None = None
-    child_user: str | None = None
-    signed_url_ttl: int = Field(3600, gt=0)
-    cors_origins: CommaList = Field(default_factory=lambda: ["*"])
-    grace_period: float = Field(30.0, ge=0, allow_inf_nan=False)
-    settle_ms: int = Field(150, ge=0)
-    rescan_interval: float = Field(10.0, gt=0, allow_inf_nan=False)
-    write_timeout: float = Field(30.0, gt=0, allow_inf_nan=False)  # SPEC 9: a client that reads nothing is cut
-    data_url_types: CommaList = Field(default_factory=lambda: ["image/*"])
-    min_data_url_bytes: int = Field(512, ge=0)
-    max_data_url_bytes: int = Field(104_857_600, gt=0)
-    bare_base64_images: bool = True
-    rewrite_tool_results: bool = True
-    skyvern_routes: bool = False
-    log_format: LogFormat = "auto"
-    log_level: LogLevel = "info"
-    log_file: Path | None = None
-    s3_bucket: str | None = None
-    s3_prefix: str | None = None  # None: `<chat_id or sidecar_id>/`, known once the state dir is read
-    s3_endpoint_url: str | None = None
-    s3_region: str = "us-east-1"
+    ui_push_headers: Annotated[list[tuple[str, SecretStr]], NoDecode] = option(
+        "an extra `Name: value` header on every push; values are never logged",
+        flag="--ui-push-header",
+        secret=True,
+        default_factory=list,
+    )
+    ui_token: SecretStr | None = option("bearer token sent with pushes", secret=True)
+    ui_token_file: Path | None = option("read --ui-token from this file, kept out of /proc/<pid>/cmdline")
+    chat_id: str | None = option("copied into the manifest and pushes")
+    auth_token: SecretStr | None = option("bearer token the HTTP API requires", secret=True)
+    auth_token_file: Path | None = option("read --auth-token from this file, kept out of /proc/<pid>/cmdline")
+    child_user: str | None = option("run the child as this user[:group], names or numbers", ("run",))
+    signed_url_ttl: int = option("seconds a signed artifact URL lives", default=3600, gt=0)
+    cors_origins: CommaList = option("an allowed browser origin", flag="--cors-origin", default_factory=lambda: ["*"])
+    grace_period: float = option(
+        "longest wait, in seconds, after the final manifest", default=30.0, ge=0, allow_inf_nan=False
+    )
+    settle_ms: int = option("milliseconds a file must stay unchanged to be published", default=150, ge=0)
+    rescan_interval: float = option(
+        "seconds between full reconciliation scans, a safety net under the watcher",
+        default=10.0,
+        gt=0,
+        allow_inf_nan=False,
+    )
+    # SPEC 9: a client that reads nothing is cut
+    write_timeout: float = option(
+        "seconds a client may read nothing of a response before it is cut", default=30.0, gt=0, allow_inf_nan=False
+    )
+    data_url_types: CommaList = option(
+        "media types or ranges materialized from data URLs", _ONE_SHOT, default_factory=lambda: ["image/*"]
+    )
+    min_data_url_bytes: int = option("smaller decoded payloads are left alone", _ONE_SHOT, default=512, ge=0)
+    max_data_url_bytes: int = option(
+        "larger decoded payloads are rejected as too_large", _ONE_SHOT, default=104_857_600, gt=0
+    )
+    bare_base64_images: bool = option(
+        "also materialize bare base64 JSON strings that decode to a complete image", _ONE_SHOT, default=True
+    )
+    rewrite_tool_results: bool = option("replace materialized data URLs in the source file", _ONE_SHOT, default=True)
+    skyvern_routes: bool = option(
+        "also serve Skyvern's /artifact/{image,json,text,recording}?path= routes", default=False
+    )
+    log_format: LogFormat = option("auto is console on a TTY, json elsewhere", _ONE_SHOT, default="auto")
+    log_level: LogLevel = option("the least severe level logged", _ONE_SHOT, default="info")
+    log_file: Path | None = option("logs go to this file instead of stderr", _ONE_SHOT)
+    s3_bucket: str | None = option("offload artifacts to this S3 bucket; none: no offload")
+    # None: `<chat_id or sidecar_id>/`, known once the state dir is read
+    s3_prefix: str | None = option(
+        "key prefix, used as it is; empty: the bucket's root", shown="<chat_id or sidecar_id>/"
+    )
+    s3_endpoint_url: str | None = option("endpoint of an S3-compatible store: MinIO, R2...", shown="none, AWS")
+    s3_region: str = option("the bucket's region; auto for R2", default="us-east-1")
 
     @model_validator(mode="before")
     @classmethod
@@ -227,52 +317,71 @@ class Settings(BaseSettings):
         return self.settle_ms / 1000.0
 
 
+@dataclass(frozen=True)
 class Option:
-    """How one setting is spelled on the command line and in the environment."""
+    """How one Settings field is spelled on the command line and in the environment, and shown in --help."""
 
-    def __init__(self, field: str, *, env: str | None = None, repeat: bool = False, flag_bool: bool = False) -> None:
-        self.field = field
-        self.flag = "--" + field.replace("_", "-")
-        self.env = env or "SIDECAR_" + field.upper()
-        self.repeat = repeat
-        self.flag_bool = flag_bool
+    field: str
+    flag: str
+    env: str
+    help: str
+    default: str  # as --help shows it
+    commands: frozenset[Command]
+    secret: bool
+    kind: Literal["value", "list", "bool"]
+    metavar: str
+    file: str | None = None  # the field that holds the path of this secret's file
 
 
-# The flags of SPEC section 2; list options take their plural name in the environment.
-OPTIONS: tuple[Option, ...] = (
-    Option("artifacts_dir"),
-    Option("tool_results_dir", env="SIDECAR_TOOL_RESULTS_DIRS", repeat=True),
-    Option("tool_results_glob"),
-    Option("state_dir"),
-    Option("host"),
-    Option("port"),
-    Option("public_base_url"),
-    Option("ui_push_url"),
-    Option("ui_push_mode"),
-    Option("ui_push_header", env="SIDECAR_UI_PUSH_HEADERS", repeat=True),
-    Option("ui_token"),
-    Option("ui_token_file"),
-    Option("chat_id"),
-    Option("auth_token"),
-    Option("auth_token_file"),
-    Option("child_user"),
-    Option("signed_url_ttl"),
-    Option("cors_origin", env="SIDECAR_CORS_ORIGINS", repeat=True),
-    Option("grace_period"),
-    Option("settle_ms"),
-    Option("rescan_interval"),
-    Option("write_timeout"),
-    Option("data_url_types", repeat=True),
-    Option("min_data_url_bytes"),
-    Option("max_data_url_bytes"),
-    Option("bare_base64_images", flag_bool=True),
-    Option("rewrite_tool_results", flag_bool=True),
-    Option("skyvern_routes", flag_bool=True),
-    Option("log_format"),
-    Option("log_level"),
-    Option("log_file"),
-    Option("s3_bucket"),
-    Option("s3_prefix"),
-    Option("s3_endpoint_url"),
-    Option("s3_region"),
-)
+def _shown(info: FieldInfo) -> str:
+    value = info.get_default(call_default_factory=True, validated_data={})
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        value = ",".join(map(str, value)) or None
+    return "none" if value is None else str(value)
+
+
+def _metavar(flag: str, info: FieldInfo) -> str:
+    """`{a,b}` for a choice, SECONDS for a duration, else the flag's last word: --artifacts-dir DIR."""
+    if get_origin(info.annotation) is Literal:
+        return "{" + ",".join(map(str, get_args(info.annotation))) + "}"
+    return "SECONDS" if info.annotation is float else flag.rsplit("-", 1)[-1].upper()
+
+
+def _option(name: str, info: FieldInfo, env_prefix: str) -> Option:
+    extra = info.json_schema_extra
+    cli = extra.get("cli") if isinstance(extra, dict) else None
+    commands = cli.get("commands") if isinstance(cli, dict) else None
+    if not isinstance(cli, dict) or not isinstance(commands, list) or not info.description:
+        raise TypeError(f"Settings.{name} is not declared with option(): it needs help text and commands")
+    flag = str(cli.get("flag") or "--" + name.replace("_", "-"))
+    kind: Literal["value", "list", "bool"] = "value"
+    if info.annotation is bool:
+        kind = "bool"
+    elif get_origin(info.annotation) is list:
+        kind = "list"
+    return Option(
+        field=name,
+        flag=flag,
+        env=env_prefix + name.upper(),
+        help=info.description,
+        default=str(cli["shown"]) if "shown" in cli else _shown(info),
+        commands=frozenset(c for c in COMMANDS if c in commands),
+        secret=cli.get("secret") is True,
+        kind=kind,
+        metavar=_metavar(flag, info),
+        file=dict(_SECRET_FILES).get(name),
+    )
+
+
+def options(settings: type[Settings] = Settings) -> tuple[Option, ...]:
+    """Every option, in declaration order, read from the fields themselves; TypeError names a field
+    that was added without `option()`."""
+    prefix = str(settings.model_config.get("env_prefix") or "")
+    return tuple(_option(name, info, prefix) for name, info in settings.model_fields.items())
+
+
+OPTIONS: tuple[Option, ...] = options()

@@ -8,8 +8,6 @@ import helpers
 import pytest
 from helpers import settings
 
-from sidecar.cli import main
-
 
 @pytest.fixture(autouse=True)
 def _outside_env(clean_env: Path) -> None:
@@ -71,11 +69,6 @@ class TestPrecedence:
         assert s.cors_origins == ["https://flag.example"]
         assert s.bare_base64_images is True
         assert s.log_level == "debug"  # no flag: the variable still counts
-
-    def test_run_takes_the_same_options(self):
-        """`run` parses the same options as `serve`."""
-        s = settings("--settle-ms", "75", "--grace-period", "1", command="run")
-        assert (s.settle_ms, s.grace_period) == (75, 1)
 
 
 class TestLists:
@@ -180,11 +173,6 @@ class TestRefusals:
         assert "SIDECAR_PORT" in line
         assert "eighty" in line
 
-    def test_unknown_flag_exits_2(self, capsys):
-        """An option that does not exist exits 2 naming it."""
-        line = refused(capsys, "--no-such-option", "1")
-        assert "--no-such-option" in line
-
     def test_tokens_are_not_echoed_in_errors(self, monkeypatch, capsys):
         """An error about a secret option never prints the secret."""
         monkeypatch.setenv("SIDECAR_UI_TOKEN", "hunter2-secret")
@@ -282,30 +270,6 @@ class TestObjectStorage:
         assert (s.s3_bucket, s.s3_prefix, s.s3_endpoint_url, s.s3_region) == (
             "from-flag", "", "https://acct.r2.cloudflarestorage.com", "eu-west-3"
         )  # fmt: skip
-
-
-class TestCommandLine:
-    def test_run_without_a_command_exits_2(self, capsys):
-        """`sidecar run` with no `-- CMD` is a usage error."""
-        with pytest.raises(SystemExit) as exc:
-            main(["run", "--settle-ms", "10"])
-        assert exc.value.code == 2
-        assert "run needs a command" in capsys.readouterr().err
-
-    def test_serve_with_a_command_exits_2(self, capsys):
-        """`sidecar serve -- CMD` is a usage error: only `run` supervises a child."""
-        with pytest.raises(SystemExit) as exc:
-            main(["serve", "--", "true"])
-        assert exc.value.code == 2
-        assert "serve" in capsys.readouterr().err
-
-    def test_bad_value_through_main_exits_2_before_doing_anything(self, capsys, tmp_path):
-        """main() refuses bad options before it creates any directory."""
-        with pytest.raises(SystemExit) as exc:
-            main(["serve", "--artifacts-dir", str(tmp_path / "new"), "--port", "-1"])
-        assert exc.value.code == 2
-        assert "--port" in capsys.readouterr().err
-        assert not (tmp_path / "new").exists()
 
 
 class TestPushHeaders:
