@@ -17,7 +17,8 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # The demos need only the runtime dependencies: a developer's .venv when it is there (it has them all),
-# else .venv-demo with `pip install -e .` and no dev extra (~100 MB, ~15 s on a fresh clone; the dev venv is ~820 MB, ~30 s).
+# else .venv-demo with `pip install -e .` and no dev extra: ~100 MB and ~15 s on a fresh clone, where the
+# dev venv is ~820 MB and ~30 s.
 DEMO_VENV ?= $(if $(wildcard $(VENV)/.installed),$(VENV),.venv-demo)
 
 .venv-demo/.installed: pyproject.toml
