@@ -6,13 +6,18 @@ artifact; prints the pushes, the manifest, the grace period ending early and the
 
 `make demo-serve` (`python examples/demo.py serve`): `sidecar serve` on a demo workspace with a few real
 images; prints the manifest and an artifact URL, and keeps serving until Ctrl-C (or for DEMO_SECONDS
-seconds) so that the URL can be fetched with curl.
+seconds) so that the URL can be fetched with curl. It refuses a port already in use (DEMO_PORT, 5173 by
+default), and stops its sidecar on Ctrl-C, SIGTERM or a hangup; the sidecar is also sent SIGTERM by the
+kernel should the demo die without cleaning up.
+
+DEMO_WORKSPACE moves the demo's files (default: demo-workspace/ in the repository).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import os
 import shutil
@@ -24,13 +29,14 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 
 sys.path.insert(0, str(Path(__file__).parent))
 from demo_ui import DemoUI
 from images import bar_chart_svg, gradient_png, tiny_gif
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKSPACE = ROOT / "demo-workspace"
+WORKSPACE = Path(os.environ.get("DEMO_WORKSPACE", ROOT / "demo-workspace"))
 PORT = int(os.environ.get("DEMO_PORT", "5173"))
 BASE = f"http://127.0.0.1:{PORT}"
 
@@ -64,7 +70,65 @@ def make_workspace() -> Path:
     return artifacts
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGHUP arrived: stop the sidecar as Ctrl-C would."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signum)
+
+
+def port_in_use(port: int) -> bool:
+    """Whether something listens on 127.0.0.1:`port` (SO_REUSEADDR: connections closing do not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn asking the kernel to SIGTERM the child when the demo dies, however it dies (Linux)."""
+    if sys.platform != "linux":
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the demo died before prctl: nobody would stop us
+            os._exit(1)
+
+    return preexec
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Release the grace period, SIGTERM, and SIGKILL the sidecar's group after 10 s."""
+    with contextlib.suppress(OSError):
+        urllib.request.urlopen(urllib.request.Request(BASE + "/v1/release", method="POST"), timeout=2)  # noqa: S310
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def serve_demo() -> int:
+    if port_in_use(PORT):
+        # Before the workspace is touched: it may be the one of a demo still serving on that port.
+        print(
+            f"port {PORT} on 127.0.0.1 is already in use (another demo still serving?): "
+            f"stop that, or choose another port with DEMO_PORT=...",
+            file=sys.stderr,
+        )
+        return 1
     artifacts = make_workspace()
     argv = [
         sys.executable, "-m", "sidecar", "serve",
@@ -78,9 +142,14 @@ def serve_demo() -> int:
         "--log-file", str(WORKSPACE / "sidecar.log"),
     ]  # fmt: skip
     print(f"$ {' '.join(argv[2:])}", flush=True)
-    proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_stopped)
+    proc: subprocess.Popen[bytes] | None = None
+    status = 0
     try:
-        if not wait_for(lambda: get("/readyz"), 15):
+        # Its own process group, so that Ctrl-C reaches only the demo, which stops it in order (below).
+        proc = subprocess.Popen(argv, cwd=ROOT, process_group=0, preexec_fn=die_with_parent())
+        if not wait_for(lambda: proc.poll() is not None or get("/readyz"), 15) or proc.poll() is not None:
             print(f"the sidecar did not become ready; see {WORKSPACE / 'sidecar.log'}", file=sys.stderr)
             return 1
         wanted = {"waves.png", "charts/q3.svg", "dots.gif", "table.csv"}
@@ -94,20 +163,22 @@ def serve_demo() -> int:
         deadline = time.monotonic() + seconds
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
+        if proc.returncode:  # it stopped on its own, and not well
+            print(f"the sidecar exited with {proc.returncode}; see {WORKSPACE / 'sidecar.log'}", file=sys.stderr)
+            status = 128 - proc.returncode if proc.returncode < 0 else proc.returncode
     except KeyboardInterrupt:
         pass
+    except Stopped as e:
+        status = 128 + e.signum
     finally:
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(urllib.request.Request(BASE + "/v1/release", method="POST"), timeout=2)  # noqa: S310
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-    print(f"sidecar exited with {proc.returncode}")
-    return 0
+        # A second signal must not cut the stop short: it is bounded (10 s, then SIGKILL).
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
+        if proc is not None and proc.poll() is None:
+            stop(proc)
+    with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+        print(f"sidecar exited with {proc.returncode if proc else None}", flush=True)
+    return status
 
 
 def free_port() -> int:
