@@ -72,7 +72,7 @@ class Sidecar:
         self.watcher = ArtifactWatcher(
             root, self.store, self.metrics, settle=settings.settle_s, rescan=settings.rescan_interval
         )
-        self.toolresults = ToolResultsWatcher(settings, self.store, self.watcher, self.metrics)
+        self.toolresults = ToolResultsWatcher(settings, self.store, self.watcher.publish_known, self.metrics)
         self.deliveries = Deliveries(settings.state_dir.absolute())
         self.pusher = Pusher(settings, self.store, self.metrics, self.deliveries) if settings.ui_push_url else None
         self.offloader: Offloader | None = None

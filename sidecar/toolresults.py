@@ -1,4 +1,8 @@
-"""Tool-results recovery (SPEC 4): watch the roots, and once a matching file is stable, materialize its data URLs."""
+"""Tool-results recovery (SPEC 4): watch the roots, and once a matching file is stable, materialize its data URLs.
+
+Imports no other async part: what it materializes reaches the manifest through the `Publish` callable it
+is given (the artifacts watcher's `publish_known`, wired in sidecar.lifecycle).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,19 @@ import os
 import re
 import stat
 import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Protocol
 
 from sidecar.config import Settings
 from sidecar.fsutil import Signature, Transient, backoff, is_transient, list_tree, signature
 from sidecar.logs import Throttle, get_logger
 from sidecar.manifest import ManifestStore, Rejected
 from sidecar.metrics import Metrics
-from sidecar.watcher import ArtifactWatcher, Provenance, Settler, watch_forever
+from sidecar.settle import Due, Settler
+from sidecar.watch import watch
 
-__all__ = ("ToolResultsWatcher", "compile_glob")
+__all__ = ("Publish", "ToolResultsWatcher", "compile_glob")
 
 log = get_logger("sidecar.toolresults")
 
@@ -57,23 +64,32 @@ def compile_glob(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
+class Publish(Protocol):
+    """Publish a file the sidecar wrote and hashed itself (a materialized data URL from `origin`) at once,
+    with its provenance: ArtifactWatcher.publish_known."""
+
+    def __call__(
+        self, name: str, *, sha256: str, mime_type: str, origin: str, declared_mime_type: str | None
+    ) -> Awaitable[None]: ...
+
+
 class ToolResultsWatcher:
-    def __init__(self, settings: Settings, store: ManifestStore, artifacts: ArtifactWatcher, metrics: Metrics) -> None:
+    """Materializes the data URLs of every settled file matching the glob under the tool-results roots."""
+
+    def __init__(self, settings: Settings, store: ManifestStore, publish: Publish, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
-        self.artifacts = artifacts
+        self.publish = publish
         self.metrics = metrics
         self.roots = [r.absolute() for r in settings.tool_results_dirs]
         self.glob = compile_glob(settings.tool_results_glob)
         self.settler = Settler(settings.settle_s)
         self.done: dict[str, Signature] = {}  # what each file looked like after we processed (and maybe rewrote) it
-        self.busy = 0
-        self.attempts: dict[str, int] = {}  # sources a temporary error (EMFILE...) kept from being processed
         self.throttle = Throttle()
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._settle_loop())
+            tg.create_task(self.settler.run(self._process_due, "datauri.settle_failed"))
             for root in self.roots:
                 tg.create_task(self._watch_root(root))
 
@@ -93,16 +109,17 @@ class ToolResultsWatcher:
                 elif os.path.isdir(path) and not os.path.islink(path):
                     await self.scan_root(root, Path(path))
 
-        async with asyncio.TaskGroup() as tg:
-            # The watch starts first; a file written before it is really registered (it registers in
-            # a thread) is caught by the second scan, and anything missed later by the periodic rescan.
-            tg.create_task(watch_forever(root, None, handle, lambda: self.scan_root(root)))
+        async def rescan() -> None:
+            await self.scan_root(root)
+
+        async def first() -> None:
+            # A file written before the watch is really registered (it registers in a thread) is caught
+            # by the second scan, and anything missed later by the periodic rescan.
             await self.scan_root(root)
             await asyncio.sleep(WATCH_SETTLE_S)
             await self.scan_root(root)
-            while True:
-                await asyncio.sleep(self.settings.rescan_interval)
-                await self.scan_root(root)
+
+        await watch(root, None, handle, rescan, interval=self.settings.rescan_interval, first=first)
 
     def _offer(self, path: str) -> None:
         try:
@@ -136,30 +153,24 @@ class ToolResultsWatcher:
             if root.is_dir():
                 await self.scan_root(root)
 
-    async def _settle_loop(self) -> None:
-        while True:
-            due = await self.settler.due()
-            for path, sig, last_change in due:
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    continue
-                if signature(st) != sig:
-                    self.settler.offer(path, st)
-                    continue
-                self.busy += 1
-                try:
-                    finished = await self.process(Path(path))
-                except Exception:
-                    log.exception("datauri.source_failed", origin=path)
-                    finished = True
-                finally:
-                    self.busy -= 1
-                if finished:
-                    self.attempts.pop(path, None)
-                else:  # a temporary error: the same version again after a backoff, not at the next rescan
-                    attempt = self.attempts[path] = self.attempts.get(path, 0) + 1
-                    self.settler.again(path, sig, last_change, backoff(attempt))
+    async def _process_due(self, due: Due) -> None:
+        for path, sig, last_change in due:
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if signature(st) != sig:
+                self.settler.offer(path, st)
+                continue
+            try:
+                finished = await self.process(Path(path))
+            except Exception:
+                log.exception("datauri.source_failed", origin=path)
+                finished = True
+            if finished:
+                self.settler.succeeded(path)
+            else:  # a temporary error: the same version again after a backoff, not at the next rescan
+                self.settler.retry(path, sig, last_change)
 
     def _note_retry(self, origin: str, error: str | None) -> None:
         left_out = self.throttle.hit()
@@ -198,8 +209,13 @@ class ToolResultsWatcher:
             if o.status == "materialized" and o.name and o.sha256 and o.mime_type:
                 self.metrics.materialized.inc()
                 log.info("datauri.materialized", origin=origin, offset=o.offset, name=o.name, sha256=o.sha256)
-                prov = Provenance(o.sha256, o.mime_type, origin, o.declared_mime_type)
-                await self.artifacts.publish_known(o.name, prov)
+                await self.publish(
+                    o.name,
+                    sha256=o.sha256,
+                    mime_type=o.mime_type,
+                    origin=origin,
+                    declared_mime_type=o.declared_mime_type,
+                )
             elif o.status == "rejected":
                 reason = o.reason or "invalid"
                 self.metrics.rejected.labels(reason=reason).inc()
@@ -215,6 +231,4 @@ class ToolResultsWatcher:
     async def flush(self, timeout: float) -> None:
         """Finalization: scan every root, then wait (bounded) until every stable file was processed."""
         await self.scan()
-        deadline = time.monotonic() + timeout
-        while (self.settler.pending or self.busy) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await self.settler.drain(time.monotonic() + timeout)

@@ -8,11 +8,10 @@ import dataclasses
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sidecar.dirwatch import OVERFLOW, RootGone, TreeWatch, WatchUnavailable
 from sidecar.fsutil import (
     Signature,
     Transient,
@@ -28,17 +27,12 @@ from sidecar.manifest import Entry, Identity, ManifestStore, Rejected
 from sidecar.media import mime_from_name
 from sidecar.metrics import Metrics
 from sidecar.security import is_publishable_name
-from sidecar.settle import Settler
+from sidecar.settle import Due, Settler
+from sidecar.watch import watch
 
-__all__ = ("ArtifactWatcher", "Provenance", "Settler", "relevant_name", "watch_forever")
+__all__ = ("ArtifactWatcher", "Provenance", "relevant_name")
 
 log = get_logger("sidecar.watcher")
-
-# When polling, watchfiles groups events: it yields once no new event came for STEP_MS, at the latest
-# after DEBOUNCE_MS.
-STEP_MS = 25
-DEBOUNCE_MS = 100
-ROOT_WAIT_S = 1.0
 
 
 def relevant_name(name: str) -> bool:
@@ -70,76 +64,6 @@ def relative(path: str, prefix: str) -> str | None:
     return path[len(prefix) :].replace(os.sep, "/")
 
 
-def _polling_forced() -> bool:
-    return os.environ.get("WATCHFILES_FORCE_POLLING", "").lower() not in ("", "0", "false", "no")
-
-
-async def watch_forever(
-    root: Path,
-    watch_filter: Callable[[str], bool] | None,
-    handle: Callable[[list[str]], Awaitable[None]],
-    rescan: Callable[[], Awaitable[None]],
-) -> None:
-    """inotify on every directory of the tree (sidecar.dirwatch); restarted with a rescan when it fails,
-    an immediate rescan when the kernel's queue overflowed. Where inotify cannot watch (no inotify, no
-    watches left, WATCHFILES_FORCE_POLLING set) or keeps failing, watchfiles polls instead."""
-    failures = 0
-    polling = _polling_forced()
-    skip = None if watch_filter is None else (lambda path: not watch_filter(path))
-    while True:
-        try:
-            if polling:
-                await _poll(root, watch_filter, handle)
-                return
-            tree = TreeWatch(root, skip)
-            try:
-                async for paths in tree.batches():
-                    failures = 0
-                    if OVERFLOW in paths:
-                        await rescan()
-                    await handle([p for p in paths if p != OVERFLOW])
-            finally:
-                tree.close()
-        except RootGone as e:
-            log.warning("watch.root_gone", root=str(root), error=str(e))
-            await asyncio.sleep(ROOT_WAIT_S)  # then watch it again, once it is back
-            with contextlib.suppress(Exception):
-                await rescan()
-        except Exception as e:
-            failures += 1
-            if isinstance(e, WatchUnavailable) or failures >= 3:
-                polling = True
-            log.warning("watch.restarted", root=str(root), error=str(e), failures=failures, polling=polling)
-            await asyncio.sleep(min(2.0, 0.05 * failures))
-            with contextlib.suppress(Exception):
-                await rescan()
-
-
-async def _poll(
-    root: Path, watch_filter: Callable[[str], bool] | None, handle: Callable[[list[str]], Awaitable[None]]
-) -> None:
-    # Imported here: a daemon that never polls does not pay for watchfiles (~5 MiB, ~30 ms at start).
-    from watchfiles import Change, DefaultFilter, awatch
-
-    class Filter(DefaultFilter):
-        def __init__(self) -> None:
-            super().__init__(ignore_dirs=(), ignore_entity_patterns=(), ignore_paths=())
-
-        def __call__(self, change: Change, path: str) -> bool:
-            return watch_filter is None or watch_filter(path)
-
-    async for changes in awatch(
-        root,
-        watch_filter=Filter(),
-        debounce=DEBOUNCE_MS,
-        step=STEP_MS,
-        recursive=True,
-        ignore_permission_denied=True,
-        force_polling=True,
-    ):
-        await handle([path for _, path in changes])
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Provenance:
     """Where a materialized data URL came from; applies while the file keeps this content."""
@@ -161,10 +85,8 @@ class ArtifactWatcher:
         self.rescan_interval = rescan
         self.provenance: dict[str, Provenance] = {}
         self.first_scan = asyncio.Event()
-        self.hashing: set[str] = set()
         self.failed: dict[str, Signature] = {}  # names whose current version could not be hashed
         self.unverified: set[str] = set()  # entries from the state file not hashed again yet
-        self.attempts: dict[str, int] = {}  # names a temporary error (EMFILE...) kept from being hashed
         self.prefix = str(root).rstrip(os.sep) + os.sep
         self.throttle = Throttle()
 
@@ -182,34 +104,22 @@ class ArtifactWatcher:
         if not self.first_scan.is_set():
             self.distrust()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._watch())
-            tg.create_task(self._settle_loop())
-            await self.scan(retry=True)
-            self.first_scan.set()
-            tg.create_task(self._rescan_loop())
+            tg.create_task(self.settler.run(self._publish_due, "watch.publish_failed"))
+            await watch(
+                self.root,
+                ArtifactFilter(self.root),
+                self.examine,
+                self._rescan,
+                interval=self.rescan_interval,
+                first=self._first_scan,
+            )
 
-    async def _watch(self) -> None:
-        # Started before the first scan so that nothing written in between is missed.
-        await watch_forever(self.root, ArtifactFilter(self.root), self.examine, self._rescan_now)
-
-    async def _rescan_now(self) -> None:
+    async def _first_scan(self) -> None:
         await self.scan(retry=True)
+        self.first_scan.set()
 
-    async def _rescan_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.rescan_interval)
-            try:
-                await self.scan(retry=True)
-            except Exception:
-                log.exception("watch.rescan_failed")
-
-    async def _settle_loop(self) -> None:
-        while True:
-            due = await self.settler.due()
-            try:
-                await self._publish_due(due)
-            except Exception:
-                log.exception("watch.publish_failed")
+    async def _rescan(self) -> None:
+        await self.scan(retry=True)
 
     # ---- examining paths -------------------------------------------------------------
 
@@ -328,23 +238,17 @@ class ArtifactWatcher:
 
     # ---- publishing --------------------------------------------------------------------
 
-    async def _publish_due(self, due: list[tuple[str, Signature, float]]) -> None:
-        names = [name for name, _, _ in due]
-        self.hashing.update(names)
-        try:
-            results = await asyncio.to_thread(lambda: [_hash(self.root, n, sig) for n, sig, _ in due])
-        finally:
-            self.hashing.difference_update(names)
+    async def _publish_due(self, due: Due) -> None:
+        results = await asyncio.to_thread(lambda: [_hash(self.root, n, sig) for n, sig, _ in due])
         upserts: list[Entry] = []
         latencies: list[float] = []
         retry: list[str] = []
         for (name, sig, last_change), result in zip(due, results, strict=True):
             if isinstance(result, Transient):  # out of descriptors or memory: not an answer, try again
-                attempt = self.attempts[name] = self.attempts.get(name, 0) + 1
                 self._note_retry("hash", result)
-                self.settler.again(name, sig, last_change, backoff(attempt))
+                self.settler.retry(name, sig, last_change)
                 continue
-            self.attempts.pop(name, None)
+            self.settler.succeeded(name)
             if result is None:  # changed while hashed, gone, unreadable, or no longer a regular file
                 self.failed[name] = sig
                 retry.append(str(self.root / name))
@@ -376,9 +280,12 @@ class ArtifactWatcher:
             declared_mime_type=prov.declared_mime_type if prov else None,
         )
 
-    async def publish_known(self, name: str, prov: Provenance) -> None:
-        """Publish a file the sidecar itself wrote and hashed (a materialized data URL) without settling."""
-        self.provenance[name] = prov
+    async def publish_known(
+        self, name: str, *, sha256: str, mime_type: str, origin: str, declared_mime_type: str | None
+    ) -> None:
+        """Publish a file the sidecar itself wrote and hashed (a materialized data URL from `origin`)
+        without settling; its type and origin stay with it while it keeps this content."""
+        self.provenance[name] = Provenance(sha256, mime_type, origin, declared_mime_type)
         try:
             result = await asyncio.to_thread(hash_beneath, self.root, name, None)
         except Transient as e:
@@ -408,11 +315,10 @@ class ArtifactWatcher:
         return change
 
     async def flush(self, timeout: float) -> None:
-        """Finalization: rescan, then wait (bounded) until nothing is settling or being hashed."""
+        """Finalization: rescan, then wait (bounded) until nothing is settling or being published."""
         deadline = time.monotonic() + timeout
         await self.scan(retry=True, deadline=deadline)
-        while (self.settler.pending or self.hashing) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        await self.settler.drain(deadline)
 
 
 def _hash(root: Path, name: str, sig: Signature) -> tuple[str, os.stat_result] | Transient | None:

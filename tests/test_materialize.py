@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import io
 import json
@@ -16,8 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from e2e.scenario import mount_tmpfs, umount
-from helpers import names, source_writer, wait_manifest
+from helpers import source_writer
 
 import sidecar.materialize as materialize
 import sidecar.sink as sink
@@ -427,35 +425,3 @@ class TestBatches:
         assert (o.status, o.reason) == ("rejected", "write_failed")
         assert src.read_text() == text
         assert not list(settings.artifacts_dir.iterdir()), "the temp file is removed"
-
-
-class TestDaemonRetries:
-    async def test_payloads_refused_for_a_full_disk_arrive_once_there_is_room(self, run_sidecar, workspace, http):
-        """Artifacts dir on a full 1 MiB tmpfs: the payload is refused as write_failed and the text kept;
-        once space is freed, the periodic rescan processes the file again and the image is published."""
-        ws = workspace()
-        if mount_tmpfs(ws.artifacts, "1m") is None:
-            pytest.skip("no tmpfs here (needs root and mount)")
-        try:
-            filler = ws.artifacts / ".filler"
-            with open(filler, "wb") as f, contextlib.suppress(OSError):
-                while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
-            sc = await run_sidecar("--rescan-interval", "1")
-            png = make_png(7, extra=200_000)
-            src = ws.tool_results / "p" / "s" / "tool-results" / "t.txt"
-            src.parent.mkdir(parents=True)
-            text = json.dumps({"content": f"data:image/png;base64,{b64(png)}"}).encode()
-            src.write_bytes(text)
-            doc = await wait_manifest(http, sc, lambda d: any(r["reason"] == "write_failed" for r in d["rejected"]))
-            assert doc["artifacts"] == []
-            assert src.read_bytes() == text
-            filler.unlink()
-            await wait_manifest(http, sc, lambda d: names(d) == [name_of(png, "png")] and not d["rejected"], timeout=10)
-            async with http.get(sc.url(f"/artifacts/{name_of(png, 'png')}")) as resp:
-                assert await resp.read() == png
-            assert f"/artifacts/{name_of(png, 'png')}".encode() in src.read_bytes()
-            assert sc.events("datauri.retry_later")
-        finally:
-            umount(ws.artifacts)

@@ -8,8 +8,6 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-from e2e.scenario import INOTIFY_QUEUE
 from helpers import entry, get_manifest, names, sha256, wait_manifest
 
 
@@ -193,77 +191,3 @@ class TestChanges:
         doc = await wait_manifest(http, sc, lambda d: "good2.txt" in names(d), timeout=5)
         assert names(doc) == ["good1.txt", "good2.txt"]
         assert sc.proc.poll() is None
-
-
-class TestEvents:
-    """The inotify watch (sidecar.dirwatch); the daemon's periodic rescan is 30 s here, so these see events."""
-
-    async def test_directory_renamed_inside_the_tree_stays_watched(self, run_sidecar, workspace, http):
-        """After `mv a b`, files under b are published under their new names, and new files there too."""
-        ws = workspace()
-        sc = await run_sidecar()
-        ws.write("a/sub/one.txt", b"1")
-        await wait_manifest(http, sc, lambda d: names(d) == ["a/sub/one.txt"])
-        os.rename(ws.artifacts / "a", ws.artifacts / "b")
-        await wait_manifest(http, sc, lambda d: names(d) == ["b/sub/one.txt"])
-        ws.write("b/sub/two.txt", b"2")
-        await wait_manifest(http, sc, lambda d: names(d) == ["b/sub/one.txt", "b/sub/two.txt"])
-        ws.write("a/again.txt", b"3")  # a new directory under the old name is a new directory
-        await wait_manifest(http, sc, lambda d: "a/again.txt" in names(d))
-
-    async def test_nested_directories_made_at_once(self, run_sidecar, workspace, http):
-        """`mkdir -p` and a file written at once: the watch on the new directories comes too late for the
-        file's own events, and the listing made right after adding it finds the file."""
-        ws = workspace()
-        sc = await run_sidecar()
-        for i in range(20):
-            deep = ws.artifacts / f"n{i}" / "x" / "y"
-            deep.mkdir(parents=True)
-            (deep / "f.txt").write_bytes(b"%d" % i)
-        want = [f"n{i}/x/y/f.txt" for i in range(20)]
-        await wait_manifest(http, sc, lambda d: names(d) == sorted(want))
-
-    async def test_artifacts_dir_removed_and_made_again(self, run_sidecar, workspace, http):
-        """The whole artifacts dir removed: its entries go; made again, it is watched again."""
-        ws = workspace()
-        sc = await run_sidecar()
-        ws.write("x.txt", b"x")
-        await wait_manifest(http, sc, lambda d: names(d) == ["x.txt"])
-        shutil.rmtree(ws.artifacts)
-        await wait_manifest(http, sc, lambda d: names(d) == [])
-        ws.artifacts.mkdir()
-        await asyncio.sleep(1.5)
-        ws.write("y.txt", b"y")
-        await wait_manifest(http, sc, lambda d: names(d) == ["y.txt"])
-        assert sc.events("watch.root_gone")
-
-    async def test_queue_overflow_rescans_at_once(self, run_sidecar, workspace, http):
-        """With an inotify queue of 16 events, a burst of 500 files overflows it: the overflow is noticed
-        and answered by a rescan, so every file is published long before the periodic rescan (30 s)."""
-        try:
-            old = INOTIFY_QUEUE.read_text().strip()
-            INOTIFY_QUEUE.write_text("16")
-        except OSError as e:
-            pytest.skip(f"cannot set {INOTIFY_QUEUE}: {e.strerror}")
-        try:  # the value is read when an inotify instance is made: only while the daemon starts
-            ws = workspace()
-            sc = await run_sidecar()
-        finally:
-            INOTIFY_QUEUE.write_text(old)
-        for i in range(500):
-            (ws.artifacts / f"f{i:03d}.txt").write_bytes(b"%d" % i)
-        await wait_manifest(http, sc, lambda d: len(d["artifacts"]) == 500, timeout=10)
-        assert sc.events("watch.overflow")
-
-    async def test_forced_polling_still_publishes(self, run_sidecar, workspace, http):
-        """WATCHFILES_FORCE_POLLING=1 (filesystems without inotify): watchfiles polls; files, nested ones
-        included, are published and removals seen, without waiting for the periodic rescan."""
-        ws = workspace()
-        sc = await run_sidecar(env={"WATCHFILES_FORCE_POLLING": "1"})
-        ws.write("p.txt", b"p")
-        ws.write("d/q.txt", b"q")
-        ws.write(".hidden", b"h")
-        await wait_manifest(http, sc, lambda d: names(d) == ["d/q.txt", "p.txt"])
-        (ws.artifacts / "p.txt").unlink()
-        await wait_manifest(http, sc, lambda d: names(d) == ["d/q.txt"])
-        assert not sc.events("watch.restarted")

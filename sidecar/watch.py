@@ -1,9 +1,11 @@
-"""Recursive directory watching on inotify (asyncinotify): events on the loop, nothing awake when idle.
+"""Watching a tree: what turns filesystem changes into "look at these paths" calls, for the artifacts
+dir and the tool-results roots alike. inotify on every directory (TreeWatch), watchfiles polling where
+inotify cannot watch, an immediate rescan when events were lost, and a periodic rescan under it all.
 
-watchfiles polls its Rust thread every step (and takes the GIL to do it), delays each batch by its
-debounce, and drops the kernel's queue-overflow signal. Here the inotify descriptor sits in the event
-loop's selector, a batch is what arrived within BATCH_S of its first event, and an overflow is reported
-so that the caller rescans at once rather than at the next periodic rescan.
+Why not watchfiles everywhere: it polls its Rust thread every step (and takes the GIL to do it), delays
+each batch by its debounce, and drops the kernel's queue-overflow signal. Here the inotify descriptor
+sits in the event loop's selector, a batch is what arrived within BATCH_S of its first event, and an
+overflow is reported so that the caller rescans at once rather than at the next periodic rescan.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,12 @@ from asyncinotify import Event, Inotify, Mask, Watch
 from sidecar.fsutil import TRANSIENT, backoff
 from sidecar.logs import get_logger
 
-__all__ = ("OVERFLOW", "RootGone", "TreeWatch", "WatchUnavailable")
+__all__ = ("OVERFLOW", "RootGone", "TreeWatch", "WatchUnavailable", "watch", "watch_forever")
 
-log = get_logger("sidecar.dirwatch")
+log = get_logger("sidecar.watch")
+
+Paths = Callable[[list[str]], Awaitable[None]]  # "look at these paths"
+Rescan = Callable[[], Awaitable[None]]  # reconcile the whole tree with what the caller knows
 
 BATCH_S = 0.005  # events arriving this soon after the first one are handled with it
 MAX_BATCH = 65536
@@ -44,6 +49,11 @@ MASK = (
     | Mask.EXCL_UNLINK
 )
 OVERFLOW = "\0overflow"  # in a batch: events were lost, rescan everything
+# When polling, watchfiles groups events: it yields once no new event came for STEP_MS, at the latest
+# after DEBOUNCE_MS.
+STEP_MS = 25
+DEBOUNCE_MS = 100
+ROOT_WAIT_S = 1.0  # after the root was removed, how long before it is watched again
 
 
 class WatchUnavailable(Exception):
@@ -232,3 +242,90 @@ class TreeWatch:
                 if path == str(self.root):
                     raise RootGone(f"{path} was removed")
             paths[path] = None
+
+
+async def watch(
+    root: Path,
+    watch_filter: Callable[[str], bool] | None,
+    handle: Paths,
+    rescan: Rescan,
+    *,
+    interval: float,
+    first: Rescan | None = None,
+) -> None:
+    """Everything that turns changes under root into `handle(paths)` and `rescan()` calls: the watch
+    (watch_forever), the first scan (`first`, else `rescan`), then a rescan every `interval` seconds, the
+    safety net under the events (SPEC 3). The watch starts first, so that nothing written during the
+    first scan is missed; a periodic rescan that fails is logged and the next one comes on time."""
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(watch_forever(root, watch_filter, handle, rescan))
+        await (first or rescan)()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await rescan()
+            except Exception:
+                log.exception("watch.rescan_failed")
+
+
+def _polling_forced() -> bool:
+    return os.environ.get("WATCHFILES_FORCE_POLLING", "").lower() not in ("", "0", "false", "no")
+
+
+async def watch_forever(root: Path, watch_filter: Callable[[str], bool] | None, handle: Paths, rescan: Rescan) -> None:
+    """inotify on every directory of the tree (TreeWatch); restarted with a rescan when it fails, an
+    immediate rescan when the kernel's queue overflowed. Where inotify cannot watch (no inotify, no
+    watches left, WATCHFILES_FORCE_POLLING set) or keeps failing, watchfiles polls instead."""
+    failures = 0
+    polling = _polling_forced()
+    skip = None if watch_filter is None else (lambda path: not watch_filter(path))
+    while True:
+        try:
+            if polling:
+                await _poll(root, watch_filter, handle)
+                return
+            tree = TreeWatch(root, skip)
+            try:
+                async for paths in tree.batches():
+                    failures = 0
+                    if OVERFLOW in paths:
+                        await rescan()
+                    await handle([p for p in paths if p != OVERFLOW])
+            finally:
+                tree.close()
+        except RootGone as e:
+            log.warning("watch.root_gone", root=str(root), error=str(e))
+            await asyncio.sleep(ROOT_WAIT_S)  # then watch it again, once it is back
+            with contextlib.suppress(Exception):
+                await rescan()
+        except Exception as e:
+            failures += 1
+            if isinstance(e, WatchUnavailable) or failures >= 3:
+                polling = True
+            log.warning("watch.restarted", root=str(root), error=str(e), failures=failures, polling=polling)
+            await asyncio.sleep(min(2.0, 0.05 * failures))
+            with contextlib.suppress(Exception):
+                await rescan()
+
+
+async def _poll(root: Path, watch_filter: Callable[[str], bool] | None, handle: Paths) -> None:
+    # Imported here: a daemon that never polls does not pay for watchfiles (~5 MiB, ~30 ms at start).
+    from watchfiles import Change, DefaultFilter, awatch
+
+    class Filter(DefaultFilter):
+        def __init__(self) -> None:
+            super().__init__(ignore_dirs=(), ignore_entity_patterns=(), ignore_paths=())
+
+        def __call__(self, change: Change, path: str) -> bool:
+            return watch_filter is None or watch_filter(path)
+
+    async for changes in awatch(
+        root,
+        watch_filter=Filter(),
+        debounce=DEBOUNCE_MS,
+        step=STEP_MS,
+        recursive=True,
+        ignore_permission_denied=True,
+        force_polling=True,
+    ):
+        await handle([path for _, path in changes])
