@@ -46,7 +46,7 @@ class TestContent:
         d = Deliveries(tmp_path)
         d.load("s1")
         d.served(entry("a.txt", b"abc"), 0, 3)
-        d.write(d.snapshot())
+        d.flush()
         assert json.loads((tmp_path / STATE_FILE).read_text())["done"] == [sha256(b"abc")]
         again, other = Deliveries(tmp_path), Deliveries(tmp_path)
         again.load("s1")
