@@ -86,7 +86,12 @@ class Sidecar:
 
             let_go = asyncio.Event()  # set by the offloader when a held cache-mode push may go
             self.offloader = Offloader(
-                settings, self.store, self.metrics, self.links, self.deliveries.changed.set, let_go.set
+                settings,
+                self.store,
+                self.metrics,
+                self.links,
+                on_stored=self.deliveries.changed.set,  # "stored" counts as delivered: the grace period looks again
+                on_let_go=let_go.set,
             )
             if self.offloader.holding:
                 hold = PushHold(self.offloader.holds, let_go)
