@@ -25,20 +25,19 @@ class Deliveries:
     for every name holding the same bytes, SPEC 8 step 3); cache-mode pushes the UI acknowledged; with
     offload, also the contents confirmed in object storage.
 
-    Written to the state dir a moment after each change, and always before the pusher writes the
-    acknowledgements that follow (a Janus-like UI downloads, then acknowledges): after a SIGKILL and a
-    restart, an artifact is either known delivered or pushed again, so the grace period never waits for
-    a download that already happened and will not be repeated."""
+    The only writer of deliveries.json: a moment after each change, and always before the pusher writes
+    the acknowledgements that follow (it awaits `save_now` first; a Janus-like UI downloads, then
+    acknowledges): after a SIGKILL and a restart, an artifact is either known delivered or pushed again,
+    so the grace period never waits for a download that already happened and will not be repeated."""
 
-    def __init__(self, state_dir: Path | None = None) -> None:
+    def __init__(self, state_dir: Path | None = None, stored: Callable[[str], bool] | None = None) -> None:
         self.path = state_dir / STATE_FILE if state_dir is not None else None
-        # With offload, set once the offloader exists: sha256 -> confirmed in object storage (counts as
-        # delivered, SPEC 11).
-        self.stored: Callable[[str], bool] | None = None
+        self._stored = stored  # with offload: sha256 -> confirmed in object storage (delivered, SPEC 11)
         self.sidecar_id = ""
         self._cover: dict[str, list[tuple[int, int]]] = {}  # sha256 -> byte spans served so far
         self._done: set[str] = set()  # sha256
         self._dirty = False
+        self._saving = asyncio.Lock()  # one write at a time: an older snapshot never lands after a newer one
         self._wake = asyncio.Event()
         self.changed = asyncio.Event()
 
@@ -57,14 +56,14 @@ class Deliveries:
         except (OSError, ValueError, TypeError, AttributeError):
             return
 
-    def snapshot(self) -> bytes | None:
+    def _snapshot(self) -> bytes | None:
         """The file's next content when something changed since the last one (on the loop's thread)."""
         if not self._dirty or self.path is None:
             return None
         self._dirty = False
         return json.dumps({"sidecar_id": self.sidecar_id, "done": sorted(self._done)}).encode()
 
-    def write(self, doc: bytes | None) -> None:
+    def _write(self, doc: bytes | None) -> None:
         """Blocking: run in a thread, or at exit."""
         if doc is not None and self.path is not None:
             try:
@@ -73,16 +72,32 @@ class Deliveries:
                 self._dirty = True
                 log.warning("deliveries.save_failed", error=str(e))
 
+    async def save_now(self) -> None:
+        """Write what changed since the last write, now; returns once it is on disk (or failed, logged)."""
+        async with self._saving:
+            doc = self._snapshot()
+            if doc is None:
+                return
+            try:
+                await asyncio.to_thread(self._write, doc)
+            except asyncio.CancelledError:
+                self._dirty = True  # not known to be on disk: the exit's flush writes it again
+                raise
+
+    def flush(self) -> None:
+        """The last write at exit (blocking; the loop is shutting down)."""
+        self._write(self._snapshot())
+
     async def persist_forever(self) -> None:
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 await asyncio.sleep(SAVE_AFTER_S)
-                await asyncio.to_thread(self.write, self.snapshot())
+                await self.save_now()
         finally:
             with contextlib.suppress(Exception):
-                self.write(self.snapshot())
+                self.flush()
 
     # ---- bookkeeping -------------------------------------------------------------------
 
@@ -116,4 +131,4 @@ class Deliveries:
     def delivered(self, entry: Entry) -> bool:
         if entry.sha256 in self._done or entry.size_bytes == 0:
             return True
-        return self.stored is not None and self.stored(entry.sha256)
+        return self._stored is not None and self._stored(entry.sha256)

@@ -14,6 +14,7 @@ from aiohttp import web
 from sidecar.config import Settings
 from sidecar.deliveries import Deliveries
 from sidecar.limits import CappedSite, connection_cap, install_accept_log, raise_nofile
+from sidecar.links import StorageLinks
 from sidecar.logs import get_logger
 from sidecar.manifest import ManifestStore
 from sidecar.metrics import Metrics
@@ -26,7 +27,7 @@ from sidecar.privileges import (
     secure_state_dir,
     set_non_dumpable,
 )
-from sidecar.pusher import Pusher
+from sidecar.pusher import Pusher, PushHold
 from sidecar.security import is_loopback_host
 from sidecar.server import API_KEY, Hooks, build_app
 from sidecar.supervise import Child
@@ -61,29 +62,42 @@ class Sidecar:
         self.command = list(command)
         self.metrics = Metrics()
         token = settings.auth_token.get_secret_value() if settings.auth_token else None
+        # Presigned links of object storage (SPEC 11): the offloader signs them, the store shows them and the
+        # deliveries count them; made first, so each of those gets it when it is made.
+        self.links = StorageLinks()
         self.store = ManifestStore(
             settings.state_dir.absolute(),
             chat_id=settings.chat_id,
             public_base_url=settings.public_base_url,
             auth_token=token,
             ttl=settings.signed_url_ttl,
+            storage=self.links,
         )
         root = settings.artifacts_dir.absolute()
         self.watcher = ArtifactWatcher(
             root, self.store, self.metrics, settle=settings.settle_s, rescan=settings.rescan_interval
         )
         self.toolresults = ToolResultsWatcher(settings, self.store, self.watcher.publish_known, self.metrics)
-        self.deliveries = Deliveries(settings.state_dir.absolute())
-        self.pusher = Pusher(settings, self.store, self.metrics, self.deliveries) if settings.ui_push_url else None
+        self.deliveries = Deliveries(settings.state_dir.absolute(), stored=self.links.stored)
         self.offloader: Offloader | None = None
+        hold = None
         if settings.s3_bucket:
             from sidecar.offload import Offloader  # botocore only when offload is on
 
-            self.offloader = Offloader(settings, self.store, self.metrics, on_stored=self.deliveries.changed.set)
-            self.deliveries.stored = self.offloader.stored
-            self.store.storage_url = self.offloader.storage_url
+            let_go = asyncio.Event()  # set by the offloader when a held cache-mode push may go
+            self.offloader = Offloader(
+                settings,
+                self.store,
+                self.metrics,
+                self.links,
+                on_stored=self.deliveries.changed.set,  # "stored" counts as delivered: the grace period looks again
+                on_let_go=let_go.set,
+            )
             if self.offloader.holding:
-                self.store.push_hold = self.offloader.holds
+                hold = PushHold(self.offloader.holds, let_go)
+        self.pusher = (
+            Pusher(settings, self.store, self.metrics, self.deliveries, hold) if settings.ui_push_url else None
+        )
         self.notifier = Notifier.from_env()
         self.listening = False
         self.finalize_requested = asyncio.Event()

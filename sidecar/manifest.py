@@ -5,22 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import json
 import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from email.utils import formatdate
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import quote
+from typing import Any, Literal, Protocol
 
 from sidecar.fsutil import atomic_write_bytes, backoff, is_transient
 from sidecar.logs import Throttle, get_logger
-from sidecar.media import artifact_type, mime_from_name, needs_sandbox
+from sidecar.media import artifact_type, mime_from_name
 from sidecar.security import encode_path, is_publishable_name, signed_query
 from sidecar.subscribers import Subscribers
 
@@ -31,6 +28,7 @@ __all__ = (
     "ManifestStore",
     "Rejected",
     "State",
+    "StorageUrls",
     "rfc3339",
 )
 
@@ -84,12 +82,6 @@ class Entry:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", encode_path(self.name))
-
-    @property
-    def headers(self) -> tuple[tuple[str, str], ...]:
-        """The response headers, made at the first request for this publication and kept for the last
-        4,096 served (not held by every entry: with 10,000 artifacts that would be ~5 MB)."""
-        return _response_headers(self)
 
     @property
     def id(self) -> str:
@@ -172,23 +164,6 @@ def _distrusted(e: Entry) -> Entry | None:
     return dataclasses.replace(e, mime_type=mime_from_name(e.name), size_bytes=e.identity.size)
 
 
-_STATIC_HEADERS = (("Accept-Ranges", "bytes"), ("Cache-Control", "no-cache"), ("X-Content-Type-Options", "nosniff"))
-_SANDBOX = (("Content-Security-Policy", "sandbox"),)
-
-
-@functools.lru_cache(maxsize=4096)
-def _response_headers(e: Entry) -> tuple[tuple[str, str], ...]:
-    basename = e.name.rsplit("/", 1)[-1]
-    return (
-        ("Content-Type", e.mime_type),
-        ("ETag", f'"{e.sha256}"'),
-        ("Last-Modified", formatdate(e.mtime, usegmt=True)),
-        *_STATIC_HEADERS,
-        ("Content-Disposition", f"inline; filename*=UTF-8''{quote(basename, safe='')}"),
-        *(_SANDBOX if needs_sandbox(e.mime_type) else ()),
-    )
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class Rejected:
     origin: str
@@ -218,6 +193,14 @@ class Change:
     state_changed: bool
 
 
+class StorageUrls(Protocol):
+    """Where object storage holds a content (SPEC 11); sidecar.links.StorageLinks, filled by the offloader."""
+
+    def url(self, sha256: str) -> str | None:
+        """A presigned GET URL of this content, or None while it is not (or no longer) in the store."""
+        ...
+
+
 class ManifestStore:
     """The single writer of the manifest. Every mutation goes through `commit`, which persists before
     anything becomes visible, so a SIGKILL never loses what a client has seen."""
@@ -230,6 +213,7 @@ class ManifestStore:
         public_base_url: str | None = None,
         auth_token: str | None = None,
         ttl: int = 3600,
+        storage: StorageUrls | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.chat_id = chat_id
@@ -246,9 +230,7 @@ class ManifestStore:
         self._changed = asyncio.Event()
         self._cache: tuple[int, float, bytes] | None = None
         self._throttle = Throttle()
-        # Object-storage offload (SPEC 11) plugs in here; the store itself never talks to a store.
-        self.storage_url: Callable[[str], str | None] | None = None  # sha256 -> presigned GET URL
-        self.push_hold: Callable[[str], bool] | None = None  # sha256 -> keep it from cache-mode pushes for now
+        self.storage = storage  # object-storage offload (SPEC 11): the store only shows its links
         self.subscribers = Subscribers()  # the event streams report here what they were sent (SPEC 8 step 4)
 
     # ---- persistence -------------------------------------------------------------------
@@ -365,7 +347,8 @@ class ManifestStore:
             self.version = version
             self.changes.append(change)
             self._cache = None
-            self.poke()
+            event, self._changed = self._changed, asyncio.Event()  # wakes every wait_change
+            event.set()
             return change
 
     async def _persist(self, doc: bytes) -> None:
@@ -384,12 +367,6 @@ class ManifestStore:
                 if left_out is not None:
                     log.warning("manifest.persist_retry", error=e.strerror, attempt=attempt, suppressed=left_out)
                 await asyncio.sleep(backoff(attempt))
-
-    def poke(self) -> None:
-        """Wake every `wait_change`: after a new version, and without one (the pusher: a held entry was
-        let go)."""
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -411,20 +388,9 @@ class ManifestStore:
             if self.auth_token:
                 url += "?" + signed_query(self.auth_token, e.path, self.ttl, now)
             doc["url"] = url
-        if self.storage_url is not None and (link := self.storage_url(e.sha256)) is not None:
+        if self.storage is not None and (link := self.storage.url(e.sha256)) is not None:
             doc["storage_url"] = link
         return doc
-
-    def push_doc(self, e: Entry) -> dict[str, Any]:
-        """A cache-mode push's artifact: the entry, downloaded from object storage when it is there."""
-        doc = self.entry_doc(e)
-        if "storage_url" in doc:
-            doc["url"] = doc["storage_url"]
-        return doc
-
-    def push_ready(self, e: Entry) -> bool:
-        """False while the upload of this content is on its way (cache mode then waits for its storage_url)."""
-        return self.push_hold is None or not self.push_hold(e.sha256)
 
     def document(self) -> dict[str, Any]:
         now = time.time()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -18,6 +19,7 @@ from collections.abc import Callable
 
 from sidecar.config import Settings
 from sidecar.fsutil import atomic_write_bytes, open_beneath
+from sidecar.links import StorageLinks
 from sidecar.logs import get_logger
 from sidecar.manifest import Entry, ManifestStore
 from sidecar.metrics import Metrics
@@ -37,11 +39,38 @@ SAVE_BATCH_S = 0.05  # confirmations that land together share one write of uploa
 STATE_FILE = "uploads.json"
 
 
+@dataclasses.dataclass(slots=True)
+class _Content:
+    """What the offloader knows of one content (sha256)."""
+
+    key: str | None = None  # confirmed in the store under this key: persisted before anyone sees it
+    name: str = ""  # a name it was published under ("": none any more)
+    unsure: bool = False  # may have reached the store before the last stop: HeadObject first
+    queued: bool = False
+    busy: bool = False
+    seen_at: float | None = None  # when it was first to be uploaded (a push hold ends PUSH_HOLD_S after)
+    let_go: bool = False  # an attempt failed: cache-mode pushes no longer wait for it
+    rejected: bool = False  # refused for good (or it broke a worker): not tried again
+    changed: int = 0  # times in a row its file no longer held the published content
+
+
+_NOTHING = _Content()  # what is known of a content never seen: read it, never change it
+
+
 class Offloader:
-    """One background job: watch the manifest, upload what is not in the store yet, keep presigned URLs fresh."""
+    """One background job: watch the manifest, upload what is not in the store yet, keep presigned URLs fresh.
+
+    The links it signs go to `links` (shown by the store, counted by the deliveries); `on_stored` is called
+    when confirmations became visible, `on_let_go` when a cache-mode push hold ended without a new version."""
 
     def __init__(
-        self, settings: Settings, store: ManifestStore, metrics: Metrics, on_stored: Callable[[], None] = lambda: None
+        self,
+        settings: Settings,
+        store: ManifestStore,
+        metrics: Metrics,
+        links: StorageLinks,
+        on_stored: Callable[[], None] = lambda: None,
+        on_let_go: Callable[[], None] = lambda: None,
     ) -> None:
         assert settings.s3_bucket is not None
         self.bucket = settings.s3_bucket
@@ -52,24 +81,17 @@ class Offloader:
         self.ttl = min(settings.signed_url_ttl, MAX_PRESIGN_S)
         self.store = store
         self.metrics = metrics
+        self.links = links
         self.on_stored = on_stored
+        self.on_let_go = on_let_go
         # Only cache-mode pushes wait for a storage_url; without them no hold is timed or ended.
         self.holding = bool(settings.ui_push_url) and settings.ui_push_mode == "cache"
         self.started = time.monotonic()  # content never queued (confirmed before, say) is held from here
         self.path = settings.state_dir.absolute() / STATE_FILE
-        self.objects: dict[str, str] = {}  # sha256 -> key: confirmed, persisted before anyone sees it
+        self.contents: dict[str, _Content] = {}  # sha256 -> what is known of it
         self.by_key: dict[str, str] = {}  # key -> sha256 of the confirmed object there
         self.multipart: dict[str, str] = {}  # upload id -> key: started, not completed nor aborted (persisted)
-        self.links: dict[str, tuple[str, float]] = {}  # sha256 -> (presigned URL, monotonic time made)
-        self.names: dict[str, str] = {}  # sha256 -> a name it was published under
-        self.unsure: set[str] = set()  # may have reached the store before the last stop: HeadObject first
-        self.let_go: set[str] = set()  # an attempt failed: cache-mode pushes no longer wait for it
-        self.seen_at: dict[str, float] = {}  # sha256 -> when it was first to be uploaded (push holds end after)
-        self.rejected: set[str] = set()
-        self.changed: dict[str, int] = {}  # sha256 -> times its file was found changed
         self.queue: asyncio.Queue[str] = asyncio.Queue()
-        self.queued: set[str] = set()
-        self.busy: set[str] = set()
         self.keys_busy: set[str] = set()
         self.streak = 0  # store-wide failures in a row
         self.paused_until = 0.0
@@ -84,27 +106,29 @@ class Offloader:
 
     # ---- what the rest of the sidecar asks --------------------------------------------------
 
-    def storage_url(self, sha256: str) -> str | None:
-        link = self.links.get(sha256)
-        return link[0] if link else None
-
-    def stored(self, sha256: str) -> bool:
-        """Confirmed, persisted and visible in the manifest: counts as delivered in the grace period."""
-        return sha256 in self.links
-
     def holds(self, sha256: str) -> bool:
         """Cache-mode pushes wait for the storage_url only while the store answers, this upload has not failed,
         and for PUSH_HOLD_S at most (a big file or a slow store: the UI gets it from the sandbox meanwhile)."""
-        if self._stopping or self.streak or sha256 in self.links or sha256 in self.let_go or sha256 in self.rejected:
+        c = self.contents.get(sha256, _NOTHING)
+        if self._stopping or self.streak or self.links.stored(sha256) or c.let_go or c.rejected:
             return False
-        return time.monotonic() - self.seen_at.get(sha256, self.started) < PUSH_HOLD_S
+        return time.monotonic() - (self.started if c.seen_at is None else c.seen_at) < PUSH_HOLD_S
 
     def stop(self) -> None:
         self._stopping = True
 
+    def _content(self, sha: str) -> _Content:
+        c = self.contents.get(sha)
+        if c is None:
+            c = self.contents[sha] = _Content()
+        return c
+
     # ---- persistence -------------------------------------------------------------------------
 
-    def _load(self) -> None:
+    def _read(self) -> tuple[dict[str, str], dict[str, str]]:
+        """uploads.json (blocking): (sha256 -> key of the confirmed objects, upload id -> key of multiparts)."""
+        objects: dict[str, str] = {}
+        multipart: dict[str, str] = {}
         try:
             doc = json.loads(self.path.read_bytes())
         except (OSError, ValueError):
@@ -112,16 +136,16 @@ class Offloader:
         # Confirmations hold for the store they were made with; keys are kept whole, so a new prefix is fine.
         if isinstance(doc, dict) and (doc.get("bucket"), doc.get("endpoint")) == (self.bucket, self.endpoint):
             with contextlib.suppress(AttributeError, TypeError, ValueError):
-                self.objects = {str(s): str(k) for s, k in dict(doc.get("objects", {})).items()}
-                self.multipart = {str(u): str(k) for u, k in dict(doc.get("multipart", {})).items()}
-        self.by_key = {k: s for s, k in self.objects.items()}
+                objects = {str(s): str(k) for s, k in dict(doc.get("objects", {})).items()}
+                multipart = {str(u): str(k) for u, k in dict(doc.get("multipart", {})).items()}
+        return objects, multipart
 
     def _state_doc(self) -> bytes:
         doc = {
             "schema": 1,
             "bucket": self.bucket,
             "endpoint": self.endpoint,
-            "objects": self.objects,
+            "objects": {sha: c.key for sha, c in self.contents.items() if c.key is not None},
             "multipart": self.multipart,
         }
         return json.dumps(doc).encode()
@@ -142,11 +166,11 @@ class Offloader:
             try:
                 await asyncio.to_thread(atomic_write_bytes, self.path, doc)
                 for sha in relink:
-                    key = self.objects.get(sha)
+                    key = self.contents.get(sha, _NOTHING).key
                     url = await self._presign(key) if key is not None else None
                     if url is not None:
-                        self.links[sha] = (url, time.monotonic())
-                    elif self.links.pop(sha, None) is None and key is not None:
+                        self.links.put(sha, url)
+                    elif not self.links.drop(sha) and key is not None:
                         self._relink.add(sha)  # could not sign it now: again in a while
                         asyncio.get_running_loop().call_later(5.0, self._flush)
                 names = [n for n, e in self.store.entries.items() if e.sha256 in relink]
@@ -162,9 +186,14 @@ class Offloader:
 
     async def run(self) -> None:
         if self.holding:  # the holds of content never queued end then, whatever becomes of this job
-            asyncio.get_running_loop().call_later(PUSH_HOLD_S, self.store.poke)
-        await asyncio.to_thread(self._load)
-        self.unsure = {e.sha256 for e in self.store.entries.values()} - set(self.objects)
+            asyncio.get_running_loop().call_later(PUSH_HOLD_S, self.on_let_go)
+        objects, self.multipart = await asyncio.to_thread(self._read)
+        for sha, key in objects.items():
+            self._content(sha).key = key
+        self.by_key = {k: s for s, k in objects.items()}
+        for e in self.store.entries.values():
+            c = self._content(e.sha256)
+            c.unsure = c.key is None
         if self.prefix is None:
             self.prefix = f"{self.store.chat_id or self.store.sidecar_id}/"
         async with open_bucket(self.bucket, self.endpoint, self.region, self.ttl) as bucket:
@@ -191,9 +220,10 @@ class Offloader:
             fresh = list(self.store.entries.values()) if changes is None else [e for c in changes for e in c.upserted]
             seen = self.store.version
             for e in fresh:
-                self.names.setdefault(e.sha256, e.name)
-                if e.sha256 in self.objects:
-                    if e.sha256 not in self.links:
+                c = self._content(e.sha256)
+                c.name = c.name or e.name
+                if c.key is not None:
+                    if not self.links.stored(e.sha256):
                         self._relink.add(e.sha256)
                         self._flush()
                 else:
@@ -201,33 +231,33 @@ class Offloader:
             await self.store.wait_change(3600)
 
     def _enqueue(self, sha: str) -> None:
-        if sha in self.objects or sha in self.queued or sha in self.busy or sha in self.rejected or self._stopping:
+        c = self._content(sha)
+        if c.key is not None or c.queued or c.busy or c.rejected or self._stopping:
             return
-        if self.holding and sha not in self.seen_at:
-            self.seen_at[sha] = time.monotonic()
+        if self.holding and c.seen_at is None:
+            c.seen_at = time.monotonic()
             asyncio.get_running_loop().call_later(PUSH_HOLD_S, self._let_go, sha)
-        self.queued.add(sha)
+        c.queued = True
         self.queue.put_nowait(sha)
 
     def _entry_for(self, sha: str) -> Entry | None:
         """A published entry with this content (the name it was first seen under, if it still has it)."""
-        e = self.store.entries.get(self.names.get(sha, ""))
+        c = self._content(sha)
+        e = self.store.entries.get(c.name)
         if e is None or e.sha256 != sha:
             e = next((x for x in self.store.entries.values() if x.sha256 == sha), None)
-            if e is None:
-                self.names.pop(sha, None)
-                return None
-            self.names[sha] = e.name
+            c.name = e.name if e is not None else ""
         return e
 
     async def _worker(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._stopping:
             sha = await self.queue.get()
-            self.queued.discard(sha)
-            if sha in self.objects or sha in self.busy:
+            c = self._content(sha)
+            c.queued = False
+            if c.key is not None or c.busy:
                 continue
-            self.busy.add(sha)
+            c.busy = True
             try:
                 while (left := self.paused_until - time.monotonic()) > 0:
                     await asyncio.sleep(left)
@@ -242,12 +272,13 @@ class Offloader:
                     await self._attempt(e)
             except Exception:  # one artifact never stops the others (SPEC 9)
                 log.exception("upload.error", sha256=sha)
-                self.rejected.add(sha)
+                c.rejected = True
             finally:
-                self.busy.discard(sha)
+                c.busy = False
 
     async def _attempt(self, e: Entry) -> None:
         loop = asyncio.get_running_loop()
+        content = self._content(e.sha256)
         assert self.prefix is not None
         key = self.prefix + e.name
         if key in self.keys_busy:
@@ -256,16 +287,16 @@ class Offloader:
         self.keys_busy.add(key)
         try:
             outcome, parts = await self._store_object(e, key)
-        except Changed as c:
+        except Changed as changed:
             self.metrics.uploads.labels(outcome="changed").inc()
-            log.info("upload.skipped", name=e.name, key=key, reason=c.reason)
+            log.info("upload.skipped", name=e.name, key=key, reason=changed.reason)
             self._let_go(e.sha256)
-            n = self.changed[e.sha256] = self.changed.get(e.sha256, 0) + 1
-            loop.call_later(CHANGED_RETRY_S * 2 ** min(n - 1, 6), self._enqueue, e.sha256)
+            content.changed += 1
+            loop.call_later(CHANGED_RETRY_S * 2 ** min(content.changed - 1, 6), self._enqueue, e.sha256)
         except Rejected as r:
             self.metrics.uploads.labels(outcome="failed").inc()
             log.warning("upload.failed", name=e.name, key=key, reason=r.reason, retry=False)
-            self.rejected.add(e.sha256)
+            content.rejected = True
             self._let_go(e.sha256)
         except (Down, Refused) as f:
             self.streak += 1
@@ -279,33 +310,35 @@ class Offloader:
             loop.call_soon(self._enqueue, e.sha256)
         else:
             self.streak, self.paused_until = 0, 0.0
-            self.changed.pop(e.sha256, None)
+            content.changed = 0
             self.metrics.uploads.labels(outcome=outcome).inc()
             log.info("upload.ok", name=e.name, key=key, size=e.size_bytes, parts=parts, found=outcome == "found")
         finally:
             self.keys_busy.discard(key)
 
     def _let_go(self, sha: str) -> None:
-        if sha not in self.links and (sha not in self.let_go or self.streak == 1):
-            self.let_go.add(sha)
+        c = self._content(sha)
+        if not self.links.stored(sha) and (not c.let_go or self.streak == 1):
+            c.let_go = True
             if self.holding:
-                self.store.poke()  # a cache-mode push that waited for this upload goes now
+                self.on_let_go()  # a cache-mode push that waited for this upload goes now
 
     # ---- one object ----------------------------------------------------------------------------
 
     async def _store_object(self, e: Entry, key: str) -> tuple[str, int]:
         """Upload (or find) e's content under key: ("ok" | "found", parts). Raises an s3.Failure."""
         assert self.s3 is not None
-        if e.sha256 in self.unsure:
+        c = self._content(e.sha256)
+        if c.unsure:
             if await self.s3.has(key, e.sha256):
                 self._confirm(e.sha256, key)
                 return "found", 0
-            self.unsure.discard(e.sha256)
+            c.unsure = False
         old = self.by_key.get(key)
         if old is not None and old != e.sha256:
             # This key's object is about to hold other bytes: its old content is no longer stored there.
             del self.by_key[key]
-            self.objects.pop(old, None)
+            self._content(old).key = None
             self._relink.add(old)
             await self._flush()
             asyncio.get_running_loop().call_soon(self._enqueue, old)  # still published elsewhere: its own key
@@ -346,9 +379,9 @@ class Offloader:
 
     def _confirm(self, sha: str, key: str) -> None:
         """Confirmed: shown (storage_url, delivered) once uploads.json has it, in the next flush."""
-        self.objects[sha] = key
+        c = self._content(sha)
+        c.key, c.unsure = key, False
         self.by_key[key] = sha
-        self.unsure.discard(sha)
         self._relink.add(sha)
         self._flush()
 
@@ -370,12 +403,12 @@ class Offloader:
             await asyncio.sleep(max(1.0, min(60.0, self.ttl / 8)))
             current = {e.sha256 for e in self.store.entries.values()}
             now = time.monotonic()
-            for i, (sha, (_, made)) in enumerate(list(self.links.items())):
+            for i, (sha, made) in enumerate(self.links.signed()):
                 if sha not in current:
-                    self.links.pop(sha, None)  # unpublished; linked again if it comes back
-                elif now - made > self.ttl / 2 and (key := self.objects.get(sha)) is not None:
+                    self.links.drop(sha)  # unpublished; linked again if it comes back
+                elif now - made > self.ttl / 2 and (key := self.contents.get(sha, _NOTHING).key) is not None:
                     url = await self._presign(key)
                     if url is not None:
-                        self.links[sha] = (url, time.monotonic())
+                        self.links.put(sha, url)
                 if i % 100 == 99:
                     await asyncio.sleep(0)

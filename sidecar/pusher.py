@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
@@ -16,12 +19,12 @@ from sidecar.config import Settings
 from sidecar.deliveries import Deliveries
 from sidecar.fsutil import atomic_write_bytes
 from sidecar.logs import Throttle, get_logger
-from sidecar.manifest import ManifestStore
+from sidecar.manifest import Entry, ManifestStore
 from sidecar.metrics import Metrics
 from sidecar.numbers import ascii_uint
 from sidecar.retry import BACKOFF_CAP_S, backoff_delay
 
-__all__ = ("BACKOFF_CAP_S", "Pusher", "backoff_delay", "retry_after_seconds")
+__all__ = ("BACKOFF_CAP_S", "PushHold", "Pusher", "backoff_delay", "retry_after_seconds")
 
 log = get_logger("sidecar.pusher")
 
@@ -65,9 +68,22 @@ def _download_failed(pushed: bytes, answer: bytes) -> bool:
     return sent is not None and doc["url"] == sent
 
 
+@dataclasses.dataclass(frozen=True)
+class PushHold:
+    """Object storage's say in cache-mode pushes (SPEC 11), wired by the lifecycle from the offloader."""
+
+    holds: Callable[[str], bool]  # sha256 -> its upload is on its way: the push waits for its storage_url
+    ended: asyncio.Event  # set when a hold ends without a new manifest version: look again
+
+
 class Pusher:
     def __init__(
-        self, settings: Settings, store: ManifestStore, metrics: Metrics, deliveries: Deliveries | None = None
+        self,
+        settings: Settings,
+        store: ManifestStore,
+        metrics: Metrics,
+        deliveries: Deliveries | None = None,
+        hold: PushHold | None = None,
     ) -> None:
         assert settings.ui_push_url is not None
         self.url = settings.ui_push_url
@@ -77,7 +93,8 @@ class Pusher:
         self.extra_headers = [(name, value.get_secret_value()) for name, value in settings.ui_push_headers]
         self.store = store
         self.metrics = metrics
-        self.deliveries = deliveries  # written before the acknowledgements (see Deliveries)
+        self.deliveries = deliveries  # saved before the acknowledgements (see Deliveries)
+        self.hold = hold
         self.path = settings.state_dir.absolute() / STATE_FILE
         self.acked_version = 0
         self.acked: dict[str, str] = {}  # cache mode: name -> sha256 the UI acknowledged
@@ -108,36 +125,38 @@ class Pusher:
             return
         self.acked_version, self.acked = acked_version, acked
 
-    def _save(self, doc: bytes, delivered: bytes | None) -> None:
-        if self.deliveries is not None:
-            self.deliveries.write(delivered)
-        atomic_write_bytes(self.path, doc)
-
-    def _snapshot(self) -> tuple[bytes, bytes | None]:
-        delivered = self.deliveries.snapshot() if self.deliveries is not None else None
+    def _snapshot(self) -> bytes:
         self._dirty = False
         self._saved_at = time.monotonic()
         doc = {"sidecar_id": self.store.sidecar_id, "acked_version": self.acked_version, "acked": self.acked}
-        return json.dumps(doc).encode(), delivered
+        return json.dumps(doc).encode()
 
     async def _persist(self, *, force: bool = False) -> None:
         """Write the acknowledgements, at most every SAVE_EVERY_S unless forced. A SIGKILL in between only
         means a few pushes are repeated after restart, with the same Idempotency-Key."""
         if self._dirty and (force or time.monotonic() - self._saved_at >= SAVE_EVERY_S):
+            doc = self._snapshot()  # first: the deliveries saved next include every acknowledgement in it
             try:
-                await asyncio.to_thread(self._save, *self._snapshot())
+                if self.deliveries is not None:
+                    await self.deliveries.save_now()
+                await asyncio.to_thread(atomic_write_bytes, self.path, doc)
             except OSError as e:
                 # Out of descriptors, or a full disk: the acknowledgements stay in memory and are written
                 # next time. Raising here ended the pusher task: no push after it, not even the final one.
                 self._dirty = True
                 if self._throttle.hit() is not None:
                     log.warning("push.persist_failed", error=e.strerror, errno=e.errno)
+            except asyncio.CancelledError:
+                self._dirty = True  # not known to be on disk: the exit's flush writes it
+                raise
 
     def flush(self) -> None:
         """The last write at exit (blocking; the loop is shutting down)."""
         if self._dirty:
+            if self.deliveries is not None:
+                self.deliveries.flush()
             with contextlib.suppress(OSError):
-                self._save(*self._snapshot())
+                atomic_write_bytes(self.path, self._snapshot())
 
     # ---- the loop ------------------------------------------------------------------------
 
@@ -176,7 +195,7 @@ class Pusher:
             if e is None or self.acked.get(name) == e.sha256 or key in self.failed:
                 gone.append(name)
                 continue
-            if not store.push_ready(e):
+            if self.hold is not None and self.hold.holds(e.sha256):
                 continue
             work = key, name, e
             break
@@ -184,9 +203,16 @@ class Pusher:
             del self._queue[name]
         if work is not None:
             key, name, e = work
-            body = json.dumps({"chatId": self.chat_id, "artifact": store.push_doc(e)}).encode()
+            body = json.dumps({"chatId": self.chat_id, "artifact": self._artifact(e)}).encode()
             return key, body, name, store.version
         return None
+
+    def _artifact(self, e: Entry) -> dict[str, Any]:
+        """A cache-mode push's artifact: the entry, downloaded from object storage when it is there."""
+        doc = self.store.entry_doc(e)
+        if "storage_url" in doc:
+            doc["url"] = doc["storage_url"]
+        return doc
 
     async def run(self) -> None:
         await asyncio.to_thread(self._load)
@@ -208,8 +234,10 @@ class Pusher:
             if work is None:
                 attempt = 0
                 await self._persist(force=True)
+                if self.hold is not None:
+                    self.hold.ended.clear()  # before looking: a hold that ends from now on wakes the wait
                 if self._next() is None:
-                    await self.store.wait_change(3600)
+                    await self._idle(3600)
                 continue
             key, body, name, version = work
             try:
@@ -228,6 +256,24 @@ class Pusher:
                 )
                 attempt += 1
                 await asyncio.sleep(wait)  # then the newest wins: _next() looks again
+
+    async def _idle(self, timeout: float) -> None:
+        """Until the store has a new version or, with offload in cache mode, a hold ends."""
+        if self.hold is None:
+            await self.store.wait_change(timeout)
+            return
+        version = self.store.version
+        waits = [asyncio.ensure_future(self._new_version(version)), asyncio.ensure_future(self.hold.ended.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _new_version(self, version: int) -> None:
+        # A version check first: a commit between the caller's look and this task's start still counts.
+        while self.store.version == version:
+            await self.store.wait_change(3600)
 
     async def _post(
         self, session: aiohttp.ClientSession, key: str, body: bytes, name: str | None, version: int

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -46,9 +47,33 @@ class TestContent:
         d = Deliveries(tmp_path)
         d.load("s1")
         d.served(entry("a.txt", b"abc"), 0, 3)
-        d.write(d.snapshot())
+        d.flush()
         assert json.loads((tmp_path / STATE_FILE).read_text())["done"] == [sha256(b"abc")]
         again, other = Deliveries(tmp_path), Deliveries(tmp_path)
         again.load("s1")
         other.load("s2")
         assert again.delivered(entry("b.txt", b"abc")) and not other.delivered(entry("b.txt", b"abc"))
+
+
+class TestStoredAndSaving:
+    def test_the_stored_predicate_given_at_construction_counts_as_delivered(self):
+        """With offload, a content confirmed in object storage counts as delivered (SPEC 11); others do not."""
+        stored = {sha256(b"in the bucket")}
+        d = Deliveries(stored=stored.__contains__)
+        assert d.delivered(entry("a.bin", b"in the bucket")) and not d.delivered(entry("b.bin", b"not there"))
+
+    async def test_save_now_has_every_change_on_disk_when_it_returns(self, tmp_path: Path):
+        """save_now writes what changed before it was called, also when a periodic save is under way."""
+        d = Deliveries(tmp_path)
+        d.load("s1")
+        persist = asyncio.create_task(d.persist_forever())
+        try:
+            d.acknowledged(sha256(b"one"))
+            await asyncio.sleep(0.3)  # the periodic save of "one" starts
+            d.acknowledged(sha256(b"two"))
+            await d.save_now()
+            done = json.loads((tmp_path / STATE_FILE).read_text())["done"]
+            assert sorted(done) == sorted([sha256(b"one"), sha256(b"two")])
+        finally:
+            persist.cancel()
+            await asyncio.gather(persist, return_exceptions=True)

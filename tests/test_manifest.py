@@ -307,3 +307,19 @@ class TestDocument:
         assert abs(int(query["expires"]) - (time.time() + 600)) < 5
         assert signature_ok("tok", parts.path, query["expires"], query["signature"])
         assert not signature_ok("other", parts.path, query["expires"], query["signature"])
+
+
+class TestStorageUrl:
+    async def test_entries_show_the_storage_url_the_injected_links_have(self, open_store, state_dir):
+        """An entry whose content has a presigned link gets `storage_url`; one without has no such field."""
+        links = {hashlib.sha256(b"up").hexdigest(): "https://bucket.example/up?X-Amz-Signature=s"}
+
+        class Links:
+            def url(self, sha256: str) -> str | None:
+                return links.get(sha256)
+
+        store = open_store(storage=Links())
+        await store.commit(upserts=[make_entry("up.txt", b"up"), make_entry("down.txt", b"down")])
+        docs = {a["name"]: a for a in store.document()["artifacts"]}
+        assert docs["up.txt"]["storage_url"] == "https://bucket.example/up?X-Amz-Signature=s"
+        assert "storage_url" not in docs["down.txt"]

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import signal
 import time
 from email.utils import formatdate
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 from helpers import FakeUI, Pushed, free_port, names, sha256, wait_for
 
-from sidecar.pusher import BACKOFF_CAP_S, RETRY_AFTER_CAP_S, backoff_delay, retry_after_seconds
+from sidecar.config import Settings
+from sidecar.deliveries import STATE_FILE as DELIVERIES_FILE
+from sidecar.deliveries import Deliveries
+from sidecar.manifest import Entry, Identity, ManifestStore
+from sidecar.metrics import Metrics
+from sidecar.pusher import (
+    BACKOFF_CAP_S,
+    RETRY_AFTER_CAP_S,
+    STATE_FILE,
+    Pusher,
+    PushHold,
+    backoff_delay,
+    retry_after_seconds,
+)
 
 
 def manifest_pushes_with(ui: FakeUI, name: str) -> list[Pushed]:
@@ -377,3 +392,52 @@ class TestExtraHeaders:
             assert (p.headers["X-PreReleasePassword"], p.headers["X-Trace"]) == ("pw, with comma", "7")
             assert p.headers["Content-Type"] == "application/json" and "Idempotency-Key" in p.headers
         assert "pw, with comma" not in sc.stderr()
+
+
+class TestSeams:
+    """The pusher in process, with what the lifecycle injects: a push hold and the deliveries."""
+
+    @staticmethod
+    async def pusher(tmp_path: Path, hold: PushHold | None = None, deliveries: Deliveries | None = None) -> Pusher:
+        settings = Settings(
+            artifacts_dir=tmp_path / "artifacts",
+            state_dir=tmp_path / "state",
+            ui_push_url="http://127.0.0.1:1/push",
+            ui_push_mode="cache",
+            public_base_url="http://127.0.0.1:2",
+            chat_id="c",
+        )
+        store = ManifestStore(settings.state_dir, public_base_url=settings.public_base_url)
+        store.load()
+        data = b"held"
+        e = Entry("a.txt", sha256(data), len(data), "text/plain", 1.0, 1.0, Identity(1, 1, len(data), 1))
+        await store.commit(upserts=[e])
+        return Pusher(settings, store, Metrics(), deliveries, hold)
+
+    async def test_a_held_content_waits_and_goes_when_its_hold_ends(self, tmp_path):
+        """While the hold holds an entry's content it is not pushed; once it ends the idle pusher wakes."""
+        held = {sha256(b"held")}
+        hold = PushHold(held.__contains__, asyncio.Event())
+        p = await self.pusher(tmp_path, hold)
+        assert p._next() is None
+        idle = asyncio.create_task(p._idle(30))
+        await asyncio.sleep(0.05)
+        assert not idle.done()
+        held.clear()
+        hold.ended.set()  # no new manifest version: only the hold's event wakes it
+        await asyncio.wait_for(idle, 1)
+        work = p._next()
+        assert work is not None and work[2] == "a.txt"
+
+    async def test_deliveries_are_on_disk_before_the_acknowledgements(self, tmp_path):
+        """Writing push.json first has the deliveries save every acknowledged content (Deliveries' promise)."""
+        deliveries = Deliveries(tmp_path / "state")
+        p = await self.pusher(tmp_path, deliveries=deliveries)
+        deliveries.load(p.store.sidecar_id)
+        p.acked["a.txt"] = sha256(b"held")
+        deliveries.acknowledged(sha256(b"held"))
+        p._dirty = True
+        await p._persist(force=True)
+        done = json.loads((tmp_path / "state" / DELIVERIES_FILE).read_text())["done"]
+        assert done == [sha256(b"held")]
+        assert json.loads((tmp_path / "state" / STATE_FILE).read_text())["acked"] == {"a.txt": sha256(b"held")}
