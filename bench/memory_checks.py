@@ -20,8 +20,8 @@ from servers import http_get
 from sidecar_checks import percentile, proc_mem_mib, sidecar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from bulk import write_published  # the tests' generator, one copy
-from stalled import stalled_clients  # the tests' clients that never read, one copy
+from support.bulk import write_published  # the tests' generator, one copy
+from support.stalled import stalled_clients  # the tests' clients that never read, one copy
 
 HOLD_S = 8.0  # how long the clients stay connected once all are (RSS and /healthz are sampled throughout)
 AFTER_S = 8.0  # how long RSS may take to come back once they closed

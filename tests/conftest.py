@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import FakeUI, Sidecar, Workspace, daemon_env, free_port, spawn
+from support.helpers import FakeUI, Sidecar, Workspace, daemon_env, free_port, spawn
 
 DEFAULT_FLAGS = ("--settle-ms", "50", "--grace-period", "2", "--rescan-interval", "30")
 

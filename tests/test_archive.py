@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import Sidecar, wait_for, wait_manifest
+from support.helpers import Sidecar, wait_for, wait_manifest
 
 from sidecar.security import sign
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from helpers import free_port, get_manifest, wait_for, wait_manifest
+from support.helpers import free_port, get_manifest, wait_for, wait_manifest
 
 from sidecar.security import sign
 

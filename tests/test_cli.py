@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import pytest
-from helpers import settings
 from pydantic import SecretStr
+from support.helpers import settings
 
 from sidecar.cli import build_parser, main
 from sidecar.config import OPTIONS, Settings, option, options

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from helpers import Sidecar, names, sha256, wait_for, wait_manifest
+from support.helpers import Sidecar, names, sha256, wait_for, wait_manifest
 
 from sidecar.client import janus_artifacts, janus_event, watch
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import helpers
 import pytest
-from helpers import settings
+from support import helpers
+from support.helpers import settings
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from xml.parsers import expat
 
 import pytest
-from corpus import CorpusFile, build
+from support.corpus import CorpusFile, build
 
 Image = pytest.importorskip("PIL.Image")
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from corpus import encode, flip_idat, svg, unpadded
-from helpers import source_writer, wait_manifest
+from support.corpus import encode, flip_idat, svg, unpadded
+from support.helpers import source_writer, wait_manifest
 
 from sidecar.config import Settings
 from sidecar.materialize import materialize_file

@@ -6,7 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from helpers import sha256
+from support.helpers import sha256
 
 from sidecar.deliveries import STATE_FILE, Deliveries
 from sidecar.manifest import Entry, Identity

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port
+from support.helpers import free_port
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
 

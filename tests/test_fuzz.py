@@ -35,9 +35,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from helpers import Sidecar, Workspace, names, raw_request, wait_manifest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from support.helpers import Sidecar, Workspace, names, raw_request, wait_manifest
 
 from sidecar.config import Settings
 from sidecar.datauri import DataURLError, forgiving_base64_decode, parse_data_url, parse_mime_type

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from aiohttp import web
-from helpers import REPO_ROOT, Sidecar, Workspace, daemon_env, free_port
+from support.helpers import REPO_ROOT, Sidecar, Workspace, daemon_env, free_port
 
 
 async def healthcheck(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-from helpers import entry, raw_request, sha256, wait_manifest
+from support.helpers import entry, raw_request, sha256, wait_manifest
 
 from sidecar.media import artifact_type
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
-from helpers import REPO_ROOT
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from support.helpers import REPO_ROOT
 
 LOCKS = (REPO_ROOT / "image/requirements.txt", REPO_ROOT / "image/requirements-build.txt")
 

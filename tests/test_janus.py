@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REPO_ROOT, Workspace, daemon_env, free_port, sha256, wait_for
+from support.helpers import REPO_ROOT, Workspace, daemon_env, free_port, sha256, wait_for
 
 STAND_IN = REPO_ROOT / "tests" / "support" / "janus_ui.mjs"
 EXAMPLES = REPO_ROOT / "examples" / "janus"

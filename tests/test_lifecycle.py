@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import entry, get_manifest, names, sha256, wait_for, wait_manifest
+from support.helpers import entry, get_manifest, names, sha256, wait_for, wait_manifest
 
 
 def child(code: str) -> list[str]:

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO_ROOT, get_manifest
+from support.helpers import REPO_ROOT, get_manifest
 
 TOKEN = "loopback-test-token"  # noqa: S105 - a test token
 ANY = "0.0.0.0"

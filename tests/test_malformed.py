@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from helpers import names, raw_request, sha256, wait_for
+from support.helpers import names, raw_request, sha256, wait_for
 
 DIGITS = b"0123456789abcdef"
 TOKEN = "malformed-test-token"  # noqa: S105 - a test token

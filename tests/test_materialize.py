@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import source_writer
+from support.helpers import source_writer
 
 import sidecar.materialize as materialize
 import sidecar.sink as sink

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT, Sidecar
+from support.helpers import REPO_ROOT, Sidecar
 
 from sidecar.notify import Notifier
 

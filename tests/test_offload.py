@@ -15,8 +15,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from helpers import FakeUI, entry, free_port, sha256, wait_for, wait_manifest
-from s3server import BUCKET, S3Server, s3_env
+from support.helpers import FakeUI, entry, free_port, sha256, wait_for, wait_manifest
+from support.s3server import BUCKET, S3Server, s3_env
 
 MiB = 1 << 20
 SANDBOX = "http://sandbox.example"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from helpers import FakeUI, Pushed, free_port, names, sha256, wait_for
+from support.helpers import FakeUI, Pushed, free_port, names, sha256, wait_for
 
 from sidecar.config import Settings
 from sidecar.deliveries import STATE_FILE as DELIVERIES_FILE

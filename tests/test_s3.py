@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port
-from s3server import S3Server, s3_env
+from support.helpers import free_port
+from support.s3server import S3Server, s3_env
 
 from sidecar.manifest import Entry, Identity
 from sidecar.s3 import PART_SIZE, Bucket, Changed, Down, Refused, Rejected, open_bucket

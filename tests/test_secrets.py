@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import (
+from support.helpers import (
     REPO_ROOT,
     Sidecar,
     Workspace,

@@ -15,7 +15,17 @@ from email.utils import formatdate
 from typing import Any
 
 import aiohttp
-from helpers import Sidecar, Workspace, entry, free_port, get_manifest, names, raw_request, sha256, wait_manifest
+from support.helpers import (
+    Sidecar,
+    Workspace,
+    entry,
+    free_port,
+    get_manifest,
+    names,
+    raw_request,
+    sha256,
+    wait_manifest,
+)
 from yarl import URL
 
 from sidecar.security import encode_path, sign

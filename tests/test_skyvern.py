@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import aiohttp
 import pytest
-from helpers import Sidecar, raw_request, sha256, wait_manifest
+from support.helpers import Sidecar, raw_request, sha256, wait_manifest
 from yarl import URL
 
 from sidecar.security import sign

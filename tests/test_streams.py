@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-from bulk import write_published
-from helpers import Sidecar, Workspace, wait_for
-from stalled import stalled_clients
+from support.bulk import write_published
+from support.helpers import Sidecar, Workspace, wait_for
+from support.stalled import stalled_clients
 
 MiB = 1024 * 1024
 WRITE_TIMEOUT_S = 2

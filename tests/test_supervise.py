@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import REPO_ROOT, Sidecar, Workspace, free_port
+from support.helpers import REPO_ROOT, Sidecar, Workspace, free_port
 
 RunSidecar = Callable[..., Awaitable[Sidecar]]
 

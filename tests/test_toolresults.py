@@ -9,8 +9,8 @@ import shutil
 import sys
 
 import pytest
-from e2e.scenario import mount_tmpfs, umount
-from helpers import entry, get_manifest, names, wait_manifest
+from support.helpers import entry, get_manifest, names, wait_manifest
+from support.machine import mount_tmpfs, umount
 from test_materialize import b64, make_png, name_of
 
 from sidecar.toolresults import compile_glob

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from e2e.scenario import INOTIFY_QUEUE
-from helpers import names, wait_manifest
+from support.helpers import names, wait_manifest
+from support.machine import INOTIFY_QUEUE
 
 DEPTH = 3000  # past PATH_MAX (~2,000 levels of "d/"): only relative names reach the bottom
 MAX_GAP_S = 2.0  # loose on purpose (a busy machine): the walk on the loop stalled it 3.5-5 s here

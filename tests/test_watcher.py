@@ -8,7 +8,7 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
-from helpers import entry, get_manifest, names, sha256, wait_manifest
+from support.helpers import entry, get_manifest, names, sha256, wait_manifest
 
 
 def cpu_seconds(pid: int) -> float:

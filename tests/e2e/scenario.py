@@ -25,8 +25,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-
-from e2e.squeeze import idle_flood, low_nofile
+from support.machine import INOTIFY_QUEUE, mount_tmpfs, umount
+from support.squeeze import idle_flood, low_nofile
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = Path(__file__).with_name("agent.py")
@@ -318,7 +318,6 @@ async def wait_ready(base: str, proc: subprocess.Popen[bytes], timeout: float = 
     return False
 
 
-INOTIFY_QUEUE = Path("/proc/sys/fs/inotify/max_queued_events")
 SMALL_QUEUE = 64
 
 
@@ -350,22 +349,6 @@ async def small_inotify_queue(enabled: bool, notes: dict[str, Any]) -> AsyncIter
                 INOTIFY_QUEUE.write_text(old)
 
 
-def mount_tmpfs(path: Path, size: str) -> str | None:
-    """Mount a small tmpfs at path; None when the machine does not allow it (not root, no mount)."""
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        return None
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "e2e-sidecar", str(path)],
-                       capture_output=True, timeout=10, check=False)  # fmt: skip
-    return f"tmpfs size={size}" if r.returncode == 0 else None
-
-
-def umount(path: Path) -> None:
-    for args in (["umount", str(path)], ["umount", "-l", str(path)]):
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            if subprocess.run(args, capture_output=True, timeout=10, check=False).returncode == 0:
-                return
-
-
 def default_grace(faults: Faults) -> float:
     """Long enough for every push (one at a time, ~20/s here with other runs beside it) and the faults' retries
     (a refused push waits its backoff, or the 1 s Retry-After of 30 % of them); an upper bound only, not
@@ -387,7 +370,7 @@ async def run_scenario(workdir: Path, faults: Faults, *, grace: float | None = N
     base = f"http://127.0.0.1:{port}"
     store = None
     if faults.offload:  # first: if it cannot start, nothing else was set up yet
-        from s3server import BUCKET, S3Server, s3_env
+        from support.s3server import BUCKET, S3Server, s3_env
 
         store = S3Server(free_port())
         store.start()

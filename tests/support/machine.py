@@ -1,0 +1,29 @@
+"""The machine's knobs the tests turn: small tmpfs mounts (a disk that fills), the inotify queue length."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+__all__ = ("INOTIFY_QUEUE", "mount_tmpfs", "umount")
+
+INOTIFY_QUEUE = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+def mount_tmpfs(path: Path, size: str) -> str | None:
+    """Mount a small tmpfs at path; None when the machine does not allow it (not root, no mount)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return None
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "e2e-sidecar", str(path)],
+                       capture_output=True, timeout=10, check=False)  # fmt: skip
+    return f"tmpfs size={size}" if r.returncode == 0 else None
+
+
+def umount(path: Path) -> None:
+    for args in (["umount", str(path)], ["umount", "-l", str(path)]):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            if subprocess.run(args, capture_output=True, timeout=10, check=False).returncode == 0:
+                return
