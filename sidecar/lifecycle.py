@@ -203,7 +203,7 @@ class Sidecar:
             await asyncio.to_thread(self.store.load)
             await asyncio.to_thread(self.deliveries.load, self.store.sidecar_id)
         except OSError as e:
-            raise StartupError(f"{e.filename or 'start'}: {e.strerror or e}") from e
+            raise StartupError(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)) from e
         hooks = Hooks(self.ready, self.request_finalize, self.release, self.watcher.nudge, self._served)
         app = build_app(s, self.store, self.metrics, hooks)
         runner = web.AppRunner(
@@ -259,23 +259,13 @@ class Sidecar:
             exit_code = await self._wait_child()
         else:
             await self._wait_any(self.finalize_requested)
-        if not self.fast_exit.is_set():
-            try:
-                await self._race_fast_exit(self._finalize())
-            except Exception as e:
-                # Not silent, and not the end: the published files are still there to be downloaded, so the
-                # grace period is held all the same; the exit status stays the child's (serve: 0).
-                log.error(
-                    "lifecycle.finalize_failed",
-                    state=self.store.state,
-                    version=self.store.version,
-                    error=str(e),
-                    exc_info=not isinstance(e, OSError),
-                )
-        if not self.fast_exit.is_set():
-            await self._race_fast_exit(self._grace())
-        if not self.fast_exit.is_set() and self.store.state == "final":
-            await self._race_fast_exit(self._flush_streams())
+        # A step that fails is logged and the next one runs: after a failed finalization (a full disk) the
+        # published files can still be downloaded, so the grace period is held all the same, and the exit
+        # status stays the child's (serve: 0).
+        await self._step("finalize", self._finalize())
+        await self._step("grace", self._grace())
+        if self.store.state == "final":
+            await self._step("flush", self._flush_streams())
         return exit_code
 
     async def _shutdown(self, runner: web.AppRunner, tasks: list[asyncio.Task[None]]) -> int:
@@ -350,9 +340,13 @@ class Sidecar:
         log.info("lifecycle.child_exited", pid=self.child.pid, status=status)
         return status
 
-    async def _race_fast_exit(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run `work` until it ends (its exception is raised here) or a second signal asks for the exit."""
-        task = asyncio.create_task(work)
+    async def _step(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run one step of the end until it is done or a second signal asks for the exit; its exception is
+        logged as `lifecycle.<name>_failed`, never lost (an OSError's message says enough, others get a trace)."""
+        if self.fast_exit.is_set():
+            work.close()
+            return
+        task = asyncio.create_task(work, name=f"lifecycle.{name}")
         stop = asyncio.create_task(self.fast_exit.wait())
         try:
             await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -362,8 +356,14 @@ class Sidecar:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        if not task.cancelled():
-            task.result()
+        if not task.cancelled() and (e := task.exception()) is not None:
+            log.error(
+                f"lifecycle.{name}_failed",
+                state=self.store.state,
+                version=self.store.version,
+                error=str(e) or type(e).__name__,
+                exc_info=e if not isinstance(e, OSError) else False,
+            )
 
     async def _flush_streams(self) -> None:
         """SPEC 8 step 4: every open event stream gets the final state event before the exit closes it."""
