@@ -12,11 +12,12 @@ import signal
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-from sidecar.supervise import FORWARDED
-
-__all__ = ("STOP", "SignalLatch")
+__all__ = ("FORWARDED", "STOP", "SignalLatch")
 
 STOP = (signal.SIGTERM, signal.SIGINT)
+# `run` forwards these to the child's group (SPEC 8); SIGTERM and SIGINT too, by the lifecycle, only while
+# the child lives. This module imports nothing of the sidecar's: `sidecar.cli` loads it before the rest.
+FORWARDED = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 
 
 class SignalLatch:
