@@ -383,7 +383,7 @@ class TestShutdown:
         (summary,) = sc.events("lifecycle.exit")
         assert (summary["published"], summary["downloads"], summary["stuck"]) == (1, 1, 0)
 
-    async def test_one_summary_line_counts_the_run(self, run_sidecar, workspace, run_ui):
+    async def test_one_summary_line_counts_the_run(self, run_sidecar, workspace, run_ui, http):
         """One `lifecycle.exit` line ends the run: exit code, state, and this run's published, pushed,
         uploaded, downloaded and reaped (orphaned grandchildren) counts."""
         ui = await run_ui()
@@ -401,13 +401,15 @@ class TestShutdown:
             f"for n in 'ab': pathlib.Path({str(ws.artifacts)!r}, n + '.txt').write_text(n)\n"
             "sys.exit(4)\n"
         )
-        sc = await run_sidecar(
-            "--ui-push-url", ui.url, "--grace-period", "0.5", ws=ws, mode="run", command=child(code), wait_ready=False
-        )
-        assert await sc.wait_exit(20) == 4
+        sc = await run_sidecar("--ui-push-url", ui.url, "--grace-period", "30", ws=ws, mode="run", command=child(code))
+        final = await sc.wait_log("lifecycle.final", timeout=10)
+        await sc.wait_log("push.ok", version=final["version"])  # no push left in flight to blur the count
+        async with http.post(sc.url("/v1/release")) as resp:
+            assert resp.status == 202
+        assert await sc.wait_exit(10) == 4
         (summary,) = sc.events("lifecycle.exit")
         assert (summary["code"], summary["state"], summary["published"]) == (4, "final", 2)
-        assert summary["pushed"] == len(ui.acked()) > 0
+        assert summary["pushed"] == len(sc.events("push.ok")) == len(ui.acked()) > 0
         assert (summary["uploaded"], summary["downloads"], summary["reaped"]) == (0, 0, 3)
 
 
