@@ -184,12 +184,11 @@ class Sidecar:
             latch.detach()
             if self.child is not None:
                 self.child.close(loop)
-        reaped = self.child.reaped_orphans if self.child is not None else 0
-        totals = self.metrics.totals()
-        log.info(
-            "lifecycle.exit", code=exit_code, state=self.store.state, version=self.store.version, **totals,
-            reaped=reaped, stuck=stuck,
-        )  # fmt: skip
+        # The one summary line (SPEC 10's `lifecycle.exit`): how it ended and what this run did.
+        counts = self.metrics.totals()
+        counts["reaped"] = self.child.reaped_orphans if self.child is not None else 0
+        counts["stuck"] = stuck
+        log.info("lifecycle.exit", code=exit_code, state=self.store.state, version=self.store.version, **counts)
         return exit_code
 
     async def _startup(self) -> web.AppRunner:
