@@ -160,18 +160,22 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         _usage_error("run needs a command: sidecar run [OPTIONS] -- CMD [ARG...]")
     if ns.command != "run" and command is not None:
         _usage_error(f"{ns.command} takes no command after --")
+    latch = None
+    if ns.command in ("run", "serve"):
+        from sidecar.signals import SignalLatch
+
+        # Before the slow part (settings, imports, state, bind): a SIGTERM from here on is honoured (SPEC 8).
+        latch = SignalLatch.capture(forwarded=ns.command == "run")
     settings = load_settings(ns)
     if ns.command == "healthcheck":
         from sidecar.healthcheck import check_health
 
         sys.exit(check_health(settings.host, settings.port))
 
-    from sidecar.logs import configure_logging
+    from sidecar.logs import configure_logging, get_logger
 
     configure_logging(fmt=settings.log_format, level=settings.log_level, log_file=settings.log_file)
     if ns.command != "materialize":
-        from sidecar.logs import get_logger
-
         for o in OPTIONS:
             if o.file and getattr(ns, o.field, None) is not None:
                 # Every user of the machine reads /proc/<pid>/cmdline; the agent included.
@@ -183,7 +187,14 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
         sys.exit(run_materialize(list(ns.files), settings, sys.stdout))
 
-    from sidecar.lifecycle import Sidecar
+    from sidecar.lifecycle import Sidecar, StartupError
 
-    code = asyncio.run(Sidecar(settings, ns.command, command or ()).run())
+    try:
+        code = asyncio.run(Sidecar(settings, ns.command, command or ()).run(latch))
+    except StartupError as e:
+        if settings.log_file is not None:
+            get_logger("sidecar.cli").error("lifecycle.startup_failed", error=str(e))
+        # One line on stderr, whatever --log-file says: the operator looks there when the daemon is gone.
+        print(f"sidecar: error: {e}", file=sys.stderr)
+        sys.exit(1)
     sys.exit(code)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import ipaddress
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -16,7 +18,7 @@ from sidecar.deliveries import Deliveries
 from sidecar.limits import CappedSite, connection_cap, install_accept_log, raise_nofile
 from sidecar.links import StorageLinks
 from sidecar.logs import get_logger
-from sidecar.manifest import ManifestStore
+from sidecar.manifest import Entry, ManifestStore
 from sidecar.metrics import Metrics
 from sidecar.notify import Notifier
 from sidecar.privileges import (
@@ -30,6 +32,7 @@ from sidecar.privileges import (
 from sidecar.pusher import Pusher, PushHold
 from sidecar.security import is_loopback_host
 from sidecar.server import API_KEY, Hooks, build_app
+from sidecar.signals import STOP, SignalLatch
 from sidecar.supervise import Child
 from sidecar.tasks import keep_running
 from sidecar.toolresults import ToolResultsWatcher
@@ -38,7 +41,7 @@ from sidecar.watcher import ArtifactWatcher
 if TYPE_CHECKING:
     from sidecar.offload import Offloader
 
-__all__ = ("Sidecar",)
+__all__ = ("Sidecar", "StartupError", "open_url")
 
 log = get_logger("sidecar.lifecycle")
 
@@ -46,6 +49,29 @@ DRAIN_S = 5.0  # SPEC 8 step 4: in-flight responses get this long
 FAST_EXIT_S = 0.5  # a second signal: what is left of the drain
 TASK_STOP_S = 2.0  # how long a cancelled background task may take to end
 FINAL_PUSH_S = 2.0  # when the grace period ends early, the final push may still take this long
+
+
+class StartupError(Exception):
+    """The daemon could not start (the port is in use, the state dir cannot be made): one line, exit 1."""
+
+
+def open_url(host: str, port: int) -> str:
+    """A URL one can open for a bound address: a wildcard host becomes its loopback address."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    try:
+        is_v6 = ipaddress.ip_address(host).version == 6
+    except ValueError:  # a name
+        is_v6 = False
+    return f"http://[{host}]:{port}" if is_v6 else f"http://{host}:{port}"
+
+
+def _bind_error(host: str, port: int, e: OSError) -> str:
+    if e.errno == errno.EADDRINUSE:
+        return f"port {port} is already in use on {host} (--port, SIDECAR_PORT)"
+    return f"cannot listen on {host} port {port}: {e.strerror or e}"
 
 
 def _background(name: str, start: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
@@ -106,6 +132,7 @@ class Sidecar:
         self.child: Child | None = None
         self.child_user: ChildUser | None = None
         self._signals = 0
+        self._held: list[int] = []  # `run`: signals that came before the child, forwarded once it exists
 
     # ---- hooks for the HTTP server -------------------------------------------------------
 
@@ -150,15 +177,47 @@ class Sidecar:
             if path is not None and readable_by_others(path, self.child_user):
                 log.warning("security.token_file_readable", option=option, path=str(path))
 
-    async def run(self) -> int:
+    async def run(self, signals: SignalLatch | None = None) -> int:
+        """The whole life, in phases (after uvicorn's Server): signals first, startup, main, shutdown.
+
+        `signals`: the latch `sidecar.cli` set before its imports; without one, signals are caught from here."""
+        loop = asyncio.get_running_loop()
+        latch = signals or SignalLatch.capture(forwarded=self.mode == "run")
+        latch.attach(loop, self._on_signal)
+        try:
+            runner = await self._startup()
+        except BaseException:
+            latch.detach()
+            raise
+        tasks = self._start_background()
+        exit_code = 0
+        try:
+            exit_code = await self._main(tasks)
+        finally:
+            stuck = await self._shutdown(runner, tasks)
+            latch.detach()
+            if self.child is not None:
+                self.child.close(loop)
+        # The one summary line (SPEC 10's `lifecycle.exit`): how it ended and what this run did.
+        counts = self.metrics.totals()
+        counts["reaped"] = self.child.reaped_orphans if self.child is not None else 0
+        counts["stuck"] = stuck
+        log.info("lifecycle.exit", code=exit_code, state=self.store.state, version=self.store.version, **counts)
+        return exit_code
+
+    async def _startup(self) -> web.AppRunner:
+        """State loaded, then the port bound: the daemon answers from here on. An OSError is a StartupError."""
         s = self.settings
         nofile = raise_nofile()
         install_accept_log(asyncio.get_running_loop())
-        s.artifacts_dir.mkdir(parents=True, exist_ok=True)
-        self._guard_secrets()
-        await asyncio.to_thread(self.store.load)
-        await asyncio.to_thread(self.deliveries.load, self.store.sidecar_id)
-        hooks = Hooks(self.ready, self.request_finalize, self.release, self.watcher.nudge, self.deliveries.served)
+        try:
+            s.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            self._guard_secrets()
+            await asyncio.to_thread(self.store.load)
+            await asyncio.to_thread(self.deliveries.load, self.store.sidecar_id)
+        except OSError as e:
+            raise StartupError(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)) from e
+        hooks = Hooks(self.ready, self.request_finalize, self.release, self.watcher.nudge, self._served)
         app = build_app(s, self.store, self.metrics, hooks)
         runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=DRAIN_S, keepalive_timeout=30
@@ -166,9 +225,13 @@ class Sidecar:
         await runner.setup()
         cap = connection_cap(nofile)
         site = CappedSite(runner, s.host, s.port, cap=cap, reuse_address=True, backlog=1024)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            await runner.cleanup()
+            raise StartupError(_bind_error(s.host, s.port, e)) from e
         port = self._bound_port(runner) or s.port
-        log.info("http.listening", host=s.host, port=port, url=f"http://{s.host}:{port}", max_connections=cap)
+        log.info("http.listening", host=s.host, port=port, url=open_url(s.host, port), max_connections=cap)
         if s.auth_token is None and not is_loopback_host(s.host):
             log.warning(
                 "security.open",
@@ -178,10 +241,9 @@ class Sidecar:
             )
         self.listening = True
         await self.store.commit(state="running")
+        return runner
 
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+    def _start_background(self) -> list[asyncio.Task[None]]:
         tasks = [_background("watcher", self.watcher.run)]
         tasks.append(_background("tool-results", self.toolresults.run))
         tasks.append(_background("deliveries", self.deliveries.persist_forever))
@@ -189,48 +251,62 @@ class Sidecar:
             tasks.append(_background("pusher", self.pusher.run))
         if self.offloader is not None:
             tasks.append(_background("offload", self.offloader.run))
+        return tasks
+
+    async def _main(self, tasks: list[asyncio.Task[None]]) -> int:
+        """Ready, the child's life (or serving until told to finalize), finalization, grace, the final events."""
         exit_code = 0
-        try:
-            await self.watcher.first_scan.wait()
-            self.notifier.send("READY=1")
-            tasks.append(_background("watchdog", self.notifier.watchdog))
-            if self.mode == "run":
-                self.child = Child(self.command, user=self.child_user)
-                self.child.start(loop)
-                log.info("lifecycle.child_started", pid=self.child.pid, command=self.command[0], user=s.child_user)
-                exit_code = await self._wait_child()
-            else:
-                await self._wait_any(self.finalize_requested)
-            if not self.fast_exit.is_set():
-                await self._race_fast_exit(self._finalize_and_grace())
-            if not self.fast_exit.is_set() and self.store.state == "final":
-                await self._race_fast_exit(self._flush_streams())
-        finally:
-            self.notifier.send("STOPPING=1")
-            api = app[API_KEY]
-            api.close_streams()
-            if self.pusher is not None:
-                self.pusher.stop()
-            if self.offloader is not None:
-                self.offloader.stop()
-            for t in tasks:
-                t.cancel()
-            # A library may turn a cancellation into another exception and carry on (aiohttp's client
-            # timeout can); a task that has not ended after this is left behind, never waited for.
-            _, stuck = await asyncio.wait(tasks, timeout=TASK_STOP_S)
-            for t in stuck:
-                log.warning("lifecycle.task_stuck", task=t.get_name())
-            if self.fast_exit.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(runner.cleanup(), FAST_EXIT_S)
-            else:
-                await runner.cleanup()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            if self.child is not None:
-                self.child.close(loop)
-        log.info("lifecycle.exit", code=exit_code, version=self.store.version)
+        await self.watcher.first_scan.wait()
+        self.notifier.send("READY=1")
+        tasks.append(_background("watchdog", self.notifier.watchdog))
+        if self.mode == "run":
+            loop = asyncio.get_running_loop()
+            self.child = Child(self.command, user=self.child_user)
+            self.child.start(loop)
+            log.info(
+                "lifecycle.child_started", pid=self.child.pid, command=self.command[0], user=self.settings.child_user
+            )
+            held, self._held = self._held, []
+            for sig in held:  # what arrived before the child existed is its own (SPEC 8: forwarded)
+                self._on_signal(sig)
+            exit_code = await self._wait_child()
+        else:
+            await self._wait_any(self.finalize_requested)
+        # A step that fails is logged and the next one runs: after a failed finalization (a full disk) the
+        # published files can still be downloaded, so the grace period is held all the same, and the exit
+        # status stays the child's (serve: 0).
+        await self._step("finalize", self._finalize())
+        await self._step("grace", self._grace())
+        if self.store.state == "final":
+            await self._step("flush", self._flush_streams())
         return exit_code
+
+    async def _shutdown(self, runner: web.AppRunner, tasks: list[asyncio.Task[None]]) -> int:
+        """Listeners closed, in-flight responses drained under DRAIN_S, then the background tasks cancelled
+        (they still count and persist what the drained responses deliver). Returns how many are stuck."""
+        self.notifier.send("STOPPING=1")
+        for site in list(runner.sites):
+            await site.stop()  # stop accepting: a new connection is refused, not half-served
+        self.listening = False
+        app = runner.app
+        app[API_KEY].close_streams()  # they had the final event (SPEC 8 step 4); nothing more comes
+        if self.fast_exit.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(runner.cleanup(), FAST_EXIT_S)
+        else:
+            await runner.cleanup()  # in-flight responses get DRAIN_S (the runner's shutdown_timeout)
+        if self.pusher is not None:
+            self.pusher.stop()
+        if self.offloader is not None:
+            self.offloader.stop()
+        for t in tasks:
+            t.cancel()
+        # A library may turn a cancellation into another exception and carry on (aiohttp's client
+        # timeout can); a task that has not ended after this is left behind, never waited for.
+        _, stuck = await asyncio.wait(tasks, timeout=TASK_STOP_S) if tasks else (set(), set())
+        for t in stuck:
+            log.warning("lifecycle.task_stuck", task=t.get_name())
+        return len(stuck)
 
     @staticmethod
     def _bound_port(runner: web.AppRunner) -> int | None:
@@ -238,6 +314,16 @@ class Sidecar:
             if isinstance(addr, tuple) and len(addr) >= 2:
                 return int(addr[1])
         return None
+
+    def _on_signal(self, sig: int) -> None:
+        if self.mode == "run" and self.child is None:
+            # No child yet: it gets the signal the moment it exists (SPEC 8 forwards them to its group).
+            self._held.append(sig)
+            log.info("lifecycle.signal_held", signal=signal.Signals(sig).name)
+        elif sig in STOP:
+            self._on_stop_signal(sig)
+        elif self.child is not None:
+            self.child.forward(sig)
 
     def _on_stop_signal(self, sig: int) -> None:
         if self.child is not None and self.child.alive:
@@ -248,6 +334,10 @@ class Sidecar:
             self.finalize_requested.set()
         else:
             self.fast_exit.set()
+
+    def _served(self, entry: Entry, start: int, end: int) -> None:
+        self.metrics.downloads.inc()
+        self.deliveries.served(entry, start, end)
 
     async def _wait_any(self, event: asyncio.Event) -> None:
         waits = [asyncio.create_task(event.wait()), asyncio.create_task(self.fast_exit.wait())]
@@ -263,8 +353,13 @@ class Sidecar:
         log.info("lifecycle.child_exited", pid=self.child.pid, status=status)
         return status
 
-    async def _race_fast_exit(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
+    async def _step(self, name: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run one step of the end until it is done or a second signal asks for the exit; its exception is
+        logged as `lifecycle.<name>_failed`, never lost (an OSError's message says enough, others get a trace)."""
+        if self.fast_exit.is_set():
+            work.close()
+            return
+        task = asyncio.create_task(work, name=f"lifecycle.{name}")
         stop = asyncio.create_task(self.fast_exit.wait())
         try:
             await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -274,6 +369,14 @@ class Sidecar:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        if not task.cancelled() and (e := task.exception()) is not None:
+            log.error(
+                f"lifecycle.{name}_failed",
+                state=self.store.state,
+                version=self.store.version,
+                error=str(e) or type(e).__name__,
+                exc_info=e if not isinstance(e, OSError) else False,
+            )
 
     async def _flush_streams(self) -> None:
         """SPEC 8 step 4: every open event stream gets the final state event before the exit closes it."""
@@ -281,7 +384,8 @@ class Sidecar:
         if not await subscribers.caught_up(self.store.version, DRAIN_S):
             log.warning("lifecycle.streams_behind", count=subscribers.behind(self.store.version))
 
-    async def _finalize_and_grace(self) -> None:
+    async def _finalize(self) -> None:
+        """SPEC 8 steps 1 and 2: `finalizing`, a last full rescan, then `final` persisted (and pushed)."""
         s = self.settings
         log.info("lifecycle.finalizing", version=self.store.version)
         self.notifier.send("STOPPING=1")
@@ -292,6 +396,10 @@ class Sidecar:
         await self.watcher.flush(flush_s)
         await self.store.commit(state="final")
         log.info("lifecycle.final", version=self.store.version, artifacts=len(self.store.entries))
+
+    async def _grace(self) -> None:
+        """SPEC 8 step 3: serve until everything was downloaded, a release, or the grace period is over."""
+        s = self.settings
         deadline = time.monotonic() + s.grace_period
         all_delivered = False
         while not self.released.is_set():

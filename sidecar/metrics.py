@@ -19,6 +19,9 @@ class Metrics:
         self.rejected = Counter("sidecar_datauri_rejected", "Data URLs refused", ["reason"], registry=r)
         self.push_attempts = Counter("sidecar_push_attempts", "Pushes to the UI by outcome", ["outcome"], registry=r)
         self.response_bytes = Counter("sidecar_http_response_bytes", "HTTP response body bytes sent", registry=r)
+        self.downloads = Counter(
+            "sidecar_downloads", "Artifact bodies sent in full (a 200, or one 206 range)", registry=r
+        )
         # Object-storage offload (SPEC 11): ok = uploaded, found = already in the store (HeadObject after a
         # restart), retry = the store was down or busy, failed = it refused, changed = the file moved on.
         self.uploads = Counter("sidecar_uploads", "Uploads to object storage by outcome", ["outcome"], registry=r)
@@ -29,6 +32,19 @@ class Metrics:
             buckets=(0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0),
             registry=r,
         )
+
+    def totals(self) -> dict[str, int]:
+        """This run's counts for the shutdown summary (`lifecycle.exit`)."""
+
+        def total(name: str, **labels: str) -> int:
+            return int(self.registry.get_sample_value(f"sidecar_{name}_total", labels) or 0)
+
+        return {
+            "published": total("artifacts_published"),
+            "pushed": total("push_attempts", outcome="ok"),
+            "uploaded": total("uploads", outcome="ok"),
+            "downloads": total("downloads"),
+        }
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

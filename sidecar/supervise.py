@@ -11,13 +11,12 @@ from collections.abc import Mapping, Sequence
 
 from sidecar.logs import get_logger
 from sidecar.privileges import ChildUser, child_environ
+from sidecar.signals import FORWARDED
 
 __all__ = ("FORWARDED", "Child", "become_subreaper")
 
 log = get_logger("sidecar.supervise")
 
-# SIGTERM and SIGINT are forwarded too, by the lifecycle, only while the child lives (SPEC 8).
-FORWARDED = (signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 PR_SET_CHILD_SUBREAPER = 36
 
 

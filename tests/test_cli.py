@@ -1,14 +1,18 @@
-"""sidecar.cli: each command's --help, one declaration per option (flag, variable, help, default), usage errors."""
+"""sidecar.cli: each command's --help, one declaration per option (flag, variable, help, default), usage errors,
+and the one-line startup errors."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import pytest
 from pydantic import SecretStr
-from support.helpers import settings
+from support.helpers import Sidecar, settings
 
 from sidecar.cli import build_parser, main
 from sidecar.config import OPTIONS, Settings, option, options
@@ -295,3 +299,39 @@ class TestCommandLine:
         assert exc.value.code == 2
         assert "--port" in capsys.readouterr().err
         assert not (tmp_path / "new").exists()
+
+
+RunSidecar = Callable[..., Awaitable[Sidecar]]
+
+
+class TestStartupErrors:
+    async def test_a_port_in_use_is_one_line_naming_it_and_exit_1(self, run_sidecar: RunSidecar) -> None:
+        """Another process listens on the port: one `sidecar: error:` line naming the port, no traceback, 1."""
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            sc = await run_sidecar(port=port, wait_ready=False)
+            assert await sc.wait_exit(10) == 1
+        lines = sc.stderr().splitlines()
+        assert "Traceback" not in sc.stderr()
+        assert lines[-1] == f"sidecar: error: port {port} is already in use on 127.0.0.1 (--port, SIDECAR_PORT)"
+        for line in lines[:-1]:  # whatever was logged before the bind, as JSON
+            json.loads(line)
+
+    async def test_with_a_log_file_stderr_still_gets_the_one_line(
+        self, run_sidecar: RunSidecar, tmp_path: Path
+    ) -> None:
+        """`--log-file`: stderr holds exactly the one error line; the log file has `lifecycle.startup_failed`."""
+        log_file = tmp_path / "sidecar.log"
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            sc = await run_sidecar("--log-file", str(log_file), port=port, wait_ready=False)
+            assert await sc.wait_exit(10) == 1
+        assert sc.stderr().splitlines() == [
+            f"sidecar: error: port {port} is already in use on 127.0.0.1 (--port, SIDECAR_PORT)"
+        ]
+        events = [json.loads(line) for line in log_file.read_text().splitlines()]
+        assert [e["event"] for e in events if e["level"] == "error"] == ["lifecycle.startup_failed"]

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from support.helpers import entry, get_manifest, names, sha256, wait_for, wait_manifest
+from support.machine import mount_tmpfs, umount
+
+from sidecar.lifecycle import open_url
 
 
 def child(code: str) -> list[str]:
@@ -333,3 +340,136 @@ class TestFinalEvent:
                 r.cancel()
         for got, _ in streams:
             assert ("state", {"version": got[-1][1]["version"], "state": "final"}) in got, got
+
+
+def accepts(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+class TestShutdown:
+    async def test_listeners_close_first_and_an_in_flight_download_completes_and_counts(
+        self, run_sidecar, workspace, http
+    ):
+        """At exit the port stops accepting at once, while a download already under way is drained to its
+        end; the background tasks are cancelled only then, so that download is still persisted as delivered."""
+        ws = workspace()
+        big = os.urandom(32 << 20)  # far more than the socket buffers: the response stays in flight
+        ws.write("big.bin", big)
+        sc = await run_sidecar("--grace-period", "30")
+        await wait_manifest(http, sc, lambda d: "big.bin" in names(d))
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        raw.connect(("127.0.0.1", sc.port))
+        reader, writer = await asyncio.open_connection(sock=raw, limit=1 << 16)
+        try:
+            writer.write(b"GET /artifacts/big.bin HTTP/1.1\r\nHost: t\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            body = await reader.readexactly(1 << 16)
+            async with http.post(sc.url("/v1/release")) as resp:
+                assert resp.status == 202
+            sc.signal(signal.SIGTERM)
+            await wait_for(lambda: not accepts(sc.port), 10)
+            assert sc.proc.poll() is None, "the drain waits for the download"
+            body += await asyncio.wait_for(reader.readexactly(len(big) - len(body)), 10)
+        finally:
+            writer.close()
+        assert body == big
+        assert await sc.wait_exit(10) == 0
+        delivered = json.loads((ws.state / "deliveries.json").read_bytes())["done"]
+        assert sha256(big) in delivered
+        (summary,) = sc.events("lifecycle.exit")
+        assert (summary["published"], summary["downloads"], summary["stuck"]) == (1, 1, 0)
+
+    async def test_one_summary_line_counts_the_run(self, run_sidecar, workspace, run_ui, http):
+        """One `lifecycle.exit` line ends the run: exit code, state, and this run's published, pushed,
+        uploaded, downloaded and reaped (orphaned grandchildren) counts."""
+        ui = await run_ui()
+        ws = workspace()
+        code = (
+            "import os, pathlib, sys, time\n"
+            "for _ in range(3):\n"
+            "    if os.fork() == 0:\n"
+            "        if os.fork() == 0:\n"
+            "            time.sleep(0.2)\n"  # outlives its parent: an orphan for the sidecar to reap
+            "            os._exit(0)\n"
+            "        os._exit(0)\n"
+            "for _ in range(3): os.wait()\n"
+            "time.sleep(0.8)\n"
+            f"for n in 'ab': pathlib.Path({str(ws.artifacts)!r}, n + '.txt').write_text(n)\n"
+            "sys.exit(4)\n"
+        )
+        sc = await run_sidecar("--ui-push-url", ui.url, "--grace-period", "30", ws=ws, mode="run", command=child(code))
+        final = await sc.wait_log("lifecycle.final", timeout=10)
+        await sc.wait_log("push.ok", version=final["version"])  # no push left in flight to blur the count
+        async with http.post(sc.url("/v1/release")) as resp:
+            assert resp.status == 202
+        assert await sc.wait_exit(10) == 4
+        (summary,) = sc.events("lifecycle.exit")
+        assert (summary["code"], summary["state"], summary["published"]) == (4, "final", 2)
+        assert summary["pushed"] == len(sc.events("push.ok")) == len(ui.acked()) > 0
+        assert (summary["uploaded"], summary["downloads"], summary["reaped"]) == (0, 0, 3)
+
+
+class TestFinalizeFailure:
+    async def test_a_failed_finalization_is_logged_and_the_grace_still_held(self, run_sidecar, workspace, http):
+        """The state dir is full when the child exits: `lifecycle.finalize_failed` says why, the published
+        files are still served through the grace period, and the exit status is still the child's."""
+        ws = workspace()
+        ws.state.mkdir()
+        if mount_tmpfs(ws.state, "1m") is None:
+            pytest.skip("no tmpfs here (needs root and mount)")
+        sc = None
+        try:
+            ws.write("a.txt", b"hello")
+            go = ws.root / "go"
+            code = f"import os, sys, time\nwhile not os.path.exists({str(go)!r}): time.sleep(0.02)\nsys.exit(3)"
+            sc = await run_sidecar("--grace-period", "30", ws=ws, mode="run", command=child(code))
+            await wait_manifest(http, sc, lambda d: "a.txt" in names(d))
+            with contextlib.suppress(OSError), open(ws.state / "filler", "wb", buffering=0) as f:
+                while True:
+                    f.write(b"\0" * 65536)
+            go.touch()
+            failed = await sc.wait_log("lifecycle.finalize_failed", timeout=10)
+            assert "No space left on device" in failed["error"]
+            await asyncio.sleep(0.3)
+            assert sc.proc.poll() is None, "the grace period is held all the same"
+            async with http.get(sc.url("/artifacts/a.txt")) as resp:
+                assert await resp.read() == b"hello"  # delivered: that ends the grace period
+            assert await sc.wait_exit(10) == 3
+            assert sc.events("lifecycle.delivered")
+            (summary,) = sc.events("lifecycle.exit")
+            assert summary["code"] == 3 and summary["state"] != "final"
+        finally:
+            if sc is not None:
+                await sc.stop()
+            umount(ws.state)
+
+
+class TestListening:
+    @pytest.mark.parametrize(
+        ("host", "url"),
+        [
+            ("0.0.0.0", "http://127.0.0.1:5173"),
+            ("", "http://127.0.0.1:5173"),
+            ("::", "http://[::1]:5173"),
+            ("::1", "http://[::1]:5173"),
+            ("fd00::7", "http://[fd00::7]:5173"),
+            ("10.1.2.3", "http://10.1.2.3:5173"),
+            ("localhost", "http://localhost:5173"),
+        ],
+    )
+    def test_open_url(self, host, url):
+        """A wildcard host is logged as its loopback address, an IPv6 address in brackets."""
+        assert open_url(host, 5173) == url
+
+    async def test_listening_logs_a_url_one_can_open(self, run_sidecar, http):
+        """`--host 0.0.0.0`: `http.listening` keeps the bound host and gives a URL that answers."""
+        sc = await run_sidecar("--host", "0.0.0.0", port=0, wait_ready=False)
+        listening = await sc.wait_log("http.listening")
+        assert listening["host"] == "0.0.0.0"
+        assert listening["url"] == f"http://127.0.0.1:{listening['port']}"
+        async with http.get(listening["url"] + "/healthz") as resp:
+            assert resp.status == 200
