@@ -1,5 +1,5 @@
 """`make bench`: the sidecar against nginx, aiohttp web.static, express res.sendFile and http.server on the same
-files, then the sidecar's own costs, with PASS/FAIL against the targets of issue 6.
+files, then the sidecar's own costs, with PASS/FAIL against the performance targets (docs/benchmarks.md).
 
     python bench/run.py            # everything, ~8-10 min on 2 cores
     python bench/run.py --quick    # ~3 min: 1 round, short loads, 256 MiB data-URL files, 15 s idle
@@ -21,8 +21,8 @@ Static files (section `static`), servers on CPU 0 (taskset), every client on CPU
   nginx and to aiohttp web.static (mean of the per-round ratios; the targets use these).
 The sidecar alone: publish latency and pushes (`publish`), `sidecar materialize` on a 1 GiB tool-results file
 dense with ~27 KiB PNG data URLs and on one without any (`datauri`), idle CPU and RSS with 1,000 artifacts
-(`idle`), spawn -> /readyz (`readyz`), /v1/manifest with 10,000 artifacts (`manifest`); clients that never read
-(issue 12): 40 `GET /v1/manifest` at 50,000 artifacts (`stalled_manifest`), 1,000 event subscribers at 5,000
+(`idle`), spawn -> /readyz (`readyz`), /v1/manifest with 10,000 artifacts (`manifest`); clients that never read:
+40 `GET /v1/manifest` at 50,000 artifacts (`stalled_manifest`), 1,000 event subscribers at 5,000
 artifacts (`stalled_events`), each with RSS and /healthz meanwhile and RSS after they closed. One section alone:
 `python bench/run.py --sections stalled_manifest,stalled_events --no-install`.
 The images (`image`, bench/image_checks.py): size, idle RSS and start -> /readyz in a container, for the pip
@@ -347,7 +347,7 @@ def static_tables(summary: dict[str, Any], names: list[str], n_rounds: int, conn
 
 
 def targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each target of issue 6: the value, the per-round values for ratios, the bound, and the verdict."""
+    """Each performance target: the value, the per-round values for ratios, the bound, and the verdict."""
     out: list[dict[str, Any]] = []
 
     def add(what: str, value: float | None, op: str, bound: float, unit: str, rounds: list[Any] | None = None) -> None:

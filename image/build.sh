@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build (and smoke-test) the sidecar's images with Debian's podman and no registry (issue 16):
+# Build (and smoke-test) the sidecar's images with Debian's podman and no registry:
 #   image/build.sh build [pip] [selfcontained]   build, then save docker-archives under build/image/
 #   image/build.sh exec [KINDS...] -- CMD...      build, then run CMD with the podman setup exported
 #   image/build.sh base                           only make (or check) the cached base tarballs

@@ -1,4 +1,4 @@
-"""The real `sidecar materialize` over a seeded corpus of tool results as agents write them (issue 13):
+"""The real `sidecar materialize` over a seeded corpus of tool results as agents write them:
 every wanted image recovered byte-exact and decodable, nothing broken or bait published, rewrites exact."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 13, one test per case: data URLs and bare base64 images in the shapes agents write (SPEC 4.2, 4.3)."""
+"""One test per case: data URLs and bare base64 images in the shapes agents write (SPEC 4.2, 4.3)."""
 
 from __future__ import annotations
 

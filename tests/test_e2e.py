@@ -1,8 +1,8 @@
-"""Issue 5's end-to-end proof, short: the scripted agent under the sidecar, a Janus-like receiver, seeded faults.
+"""The end-to-end proof, short: the scripted agent under the sidecar, a Janus-like receiver, seeded faults.
 
 The long version is `make soak` (tests/e2e/soak.py). Each run here is checked for: every artifact of the final
 manifest delivered byte-exact, nothing truncated or half-written ever published, the right final manifest,
-and the agent's exit status coming through. The offload run (issue 7) has the receiver download every artifact
+and the agent's exit status coming through. The offload run has the receiver download every artifact
 from its presigned storage URL after the sidecar has exited.
 """
 
@@ -31,7 +31,7 @@ RUNS = [
     ),
     pytest.param(
         Faults(seed=14, burst=200, fd_squeeze_s=8.0, exit_status=0),
-        40.0,  # 256 descriptors and 400 idle connections for the first 8 s (issue 12): nothing lost
+        40.0,  # 256 descriptors and 400 idle connections for the first 8 s: nothing lost
         id="run-fd-squeeze",
     ),
 ]

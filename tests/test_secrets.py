@@ -1,4 +1,4 @@
-"""Issue 12.1 (SPEC 2, 8, 9): the agent gets none of the sidecar's secrets — environment, tokens, state, memory."""
+"""SPEC 2, 8, 9: the agent gets none of the sidecar's secrets — environment, tokens, state, memory."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ class Faults:
     seed: int = 0
     offload: bool = False  # upload to object storage (moto); the UI downloads from storage_url after the exit
     fd_squeeze_s: float = 0.0  # > 0: the sidecar at 256 descriptors, 400 idle connections that long (squeeze.py)
-    non_readers: bool = False  # manifest and event clients that never read, connected all along (issue 12)
+    non_readers: bool = False  # manifest and event clients that never read, connected all along
 
     def label(self) -> str:
         parts = [f"burst={self.burst}"]

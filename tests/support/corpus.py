@@ -1,4 +1,4 @@
-"""A seeded corpus of tool results as agents really write them, with the truth about every payload (issue 13).
+"""A seeded corpus of tool results as agents really write them, with the truth about every payload.
 
 Images come from real encoders (Pillow: PNG, JPEG, GIF, WebP, ICO, BMP) and real SVG text. Each file is
 a list of segments: literal text, or a payload with what must become of it — `recover` (published

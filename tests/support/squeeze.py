@@ -1,4 +1,4 @@
-"""The file-descriptor squeeze fault (issue 12, SPEC 9): the sidecar under a low descriptor limit while
+"""The file-descriptor squeeze fault (SPEC 9): the sidecar under a low descriptor limit while
 hundreds of connections that never send a byte are held open against it."""
 
 from __future__ import annotations
