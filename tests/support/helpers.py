@@ -45,7 +45,7 @@ __all__ = (
     "wait_manifest",
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 3.0
 
