@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from support.helpers import FakeUI, Sidecar, Workspace, daemon_env, free_port, spawn
+from support.machine import agent_user
 
 DEFAULT_FLAGS = ("--settle-ms", "50", "--grace-period", "2", "--rescan-interval", "30")
 
@@ -54,6 +57,24 @@ def workspace(tmp_path: Path) -> Iterator[Callable[..., Workspace]]:
     yield make
     for ws in made.values():
         shutil.rmtree(ws.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def agent() -> pwd.struct_passwd:
+    """The real non-root user `sidecar-test-agent` (support.machine.agent_user); skips where there is none."""
+    user = agent_user()
+    if isinstance(user, str):
+        pytest.skip(user)
+    return user
+
+
+@pytest.fixture
+def open_ws() -> Iterator[Workspace]:
+    """A workspace outside pytest's 0700 tmp dir, so that a non-root process can reach it at all."""
+    root = Path(tempfile.mkdtemp(prefix="sidecar-secrets-"))
+    root.chmod(0o755)
+    yield Workspace.create(root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

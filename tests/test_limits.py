@@ -205,17 +205,3 @@ def test_connection_cap_leaves_a_reserve(soft: int) -> None:
     cap = connection_cap(soft)
     assert cap >= 16
     assert 2 * cap + 64 <= soft
-
-
-def test_throttle_says_how_many_lines_it_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    """One line an interval; the next line carries the count of those left out in between."""
-    from sidecar import logs
-
-    now = [100.0]
-    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
-    throttle = logs.Throttle(interval=1.0)
-    assert throttle.hit() == 0
-    assert [throttle.hit() for _ in range(5)] == [None] * 5
-    now[0] += 1.0
-    assert throttle.hit() == 5
-    assert throttle.hit() is None

@@ -1,15 +1,12 @@
-"""sidecar.numbers and sidecar.tasks: numbers from untrusted text, and background tasks that survive a crash."""
+"""sidecar.numbers: numbers from untrusted text, and the callers that must never raise on them."""
 
 from __future__ import annotations
-
-import asyncio
 
 import pytest
 
 from sidecar.numbers import ascii_decimal, ascii_int, ascii_uint
 from sidecar.pusher import retry_after_seconds
 from sidecar.security import sign, signature_ok
-from sidecar.tasks import RESTART_CAP_S, keep_running, restart_delay
 
 # Each passes str.isdigit(), int() or float() somewhere, and none is an HTTP number.
 NOT_ASCII_NUMBERS = [
@@ -59,39 +56,3 @@ class TestCallers:
         """`?expires=²` and its kind are refused (401), never a 500."""
         sig = sign("tok", "/artifacts/a.png", 1_800_000_060)
         assert not signature_ok("tok", "/artifacts/a.png", expires, sig, now=1_800_000_000)
-
-
-class TestKeepRunning:
-    async def test_a_crashed_task_is_logged_and_restarted(self, capsys):
-        """An exception restarts the task after a backoff (and logs task.died); a return ends it."""
-        runs: list[int] = []
-
-        async def flaky() -> None:
-            runs.append(len(runs))
-            if len(runs) < 3:
-                raise ValueError("could not convert string to float: '²'")
-
-        await asyncio.wait_for(keep_running("flaky", flaky), 10)
-        assert runs == [0, 1, 2]
-        err = capsys.readouterr()
-        assert "task.died" in err.out + err.err and "task.restarted" in err.out + err.err
-
-    async def test_cancellation_is_not_a_crash(self):
-        """Cancelling the supervised task ends it at once; it is not restarted."""
-        started = asyncio.Event()
-
-        async def forever() -> None:
-            started.set()
-            await asyncio.sleep(3600)
-
-        task = asyncio.create_task(keep_running("forever", forever))
-        await started.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    def test_backoff_doubles_up_to_a_cap(self):
-        """0.1 s after the first crash, doubling, never more than the cap."""
-        assert restart_delay(1) == pytest.approx(0.1)
-        assert restart_delay(2) == pytest.approx(0.2)
-        assert restart_delay(1000) == RESTART_CAP_S

@@ -1,4 +1,5 @@
-"""sidecar.scanner (with scanfind and scanpayload): the streaming data-URL scanner (SPEC 4.2)."""
+"""sidecar.scanner: the streaming data-URL scanner (SPEC 4.2), with scanfind and scanpayload beneath it (their own
+functions: test_scanfind, test_scanpayload)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar import scanfind
 from sidecar.media import is_complete_bytes, sniff
-from sidecar.scanfind import Window
 from sidecar.scanner import Decoded, Ended, Found, Match, Scanner, scan_bytes
 
 DEFAULT = "text/plain;charset=US-ASCII"
@@ -399,56 +398,3 @@ class TestScannerMemory:
         sc.feed(b"data:image/png;base64,")
         got = [e for e in sc.feed(b"A" * (4 << 20)) if isinstance(e, Decoded)]
         assert sum(len(e.data) for e in got) >= 3 << 20
-
-
-class TestFindData:
-    """The two ways `data:` (and a Jupyter `"image/png":` key) is searched for past the colon budget
-    (Hyperscan where installed, sre everywhere) find the same first occurrence, wherever the window starts
-    and ends."""
-
-    @given(
-        st.lists(
-            st.sampled_from(
-                [
-                    b"d",
-                    b"D",
-                    b"a",
-                    b"A",
-                    b"t",
-                    b"T",
-                    b":",
-                    b"x",
-                    b"data:",
-                    b"DaTa:",
-                    b'"image/png"',
-                    b'"image/jpeg"',
-                    b'"',
-                ]
-            ),
-            max_size=80,
-        ),
-        st.integers(0, 40),
-        st.integers(0, 400),
-    )
-    @settings(max_examples=400, deadline=None)
-    def test_hyperscan_and_sre_agree(self, parts: list[bytes], pos: int, limit: int) -> None:
-        buf = b"".join(parts)
-        pos, limit = min(pos, len(buf)), min(max(pos, limit), len(buf))
-        keys = (b'"image/png":', b'"image/jpeg":', b'"image/gif":')
-        want = next((i for i in range(pos, limit) if buf[i : i + 5].lower() == b"data:" or buf.startswith(keys, i)), -1)
-        got = []
-        for use_hyperscan in (True, False):
-            w = Window(buf)
-            w.colons = 0  # straight to the search that is not memchr
-            if not use_hyperscan:
-                with pytest.MonkeyPatch.context() as mp:
-                    mp.setattr(scanfind, "hyperscan", lambda: None)
-                    got.append(w.find_data(pos, limit))
-            else:
-                got.append(w.find_data(pos, limit))
-        got.append(Window(buf).find_data(pos, limit))  # memchr for the colons first
-        assert got == [want, want, want]
-
-    def test_hyperscan_is_used_where_installed(self) -> None:
-        pytest.importorskip("hyperscan")
-        assert scanfind.hyperscan() is not None

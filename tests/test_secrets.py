@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import stat
 import subprocess
 import sys
 import sysconfig
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,8 +24,8 @@ from support.helpers import (
     start_logged,
     wait_manifest,
 )
+from support.machine import AGENT
 
-AGENT = "sidecar-test-agent"
 AUTH = "auth-7f3c9e1d5b"
 UI = "ui-2a8b4c6d0e"
 AWS = {
@@ -50,44 +47,6 @@ done
 if ls "$1" >/dev/null 2>&1; then echo "listed state dir"; else echo "denied state dir"; fi
 echo "cmdline $(tr '\0' ' ' < /proc/$PPID/cmdline)"
 """
-
-
-@pytest.fixture(scope="session")
-def agent() -> pwd.struct_passwd:
-    """A real non-root user for the child (created once with `useradd --system` and left in place: a
-    system user with no home and no login shell, which later runs reuse)."""
-    if os.geteuid() != 0:
-        pytest.skip("starting a child as another user needs root")
-    try:
-        return pwd.getpwnam(AGENT)
-    except KeyError:
-        pass
-    if shutil.which("useradd") is None:
-        pytest.skip("no useradd to create the test user")
-    subprocess.run(
-        [
-            "useradd",
-            "--system",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            "/usr/sbin/nologin",
-            AGENT,
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return pwd.getpwnam(AGENT)
-
-
-@pytest.fixture
-def open_ws() -> Iterator[Workspace]:
-    """A workspace outside pytest's 0700 tmp dir, so that a non-root process can reach it at all."""
-    root = Path(tempfile.mkdtemp(prefix="sidecar-secrets-"))
-    root.chmod(0o755)
-    yield Workspace.create(root)
-    shutil.rmtree(root, ignore_errors=True)
 
 
 def token_file(ws: Workspace, name: str, value: str) -> Path:

@@ -1,5 +1,6 @@
-"""--skyvern-routes (SPEC 12), through a real daemon on 127.0.0.1: Skyvern's `/artifact/{image,json,text,
-recording}?path=<absolute path>` serve published artifacts like `/artifacts/*`, and nothing else.
+"""sidecar.compat, --skyvern-routes (SPEC 12): Skyvern's `/artifact/{image,json,text,recording}?path=<absolute
+path>` serve published artifacts like `/artifacts/*`, and nothing else. `?path=` to a name is tested on its own
+(TestNameOf); the routes through a real daemon on 127.0.0.1.
 
 What the real `artifactServer.js` does (and these routes do not): it serves any path on the machine, takes
 `Range: bytes=0-1000` as byte 1000 (it deletes the non-digits), labels every recording `video/mp4`,
@@ -11,14 +12,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import make_mocked_request
 from support.helpers import Sidecar, raw_request, sha256, wait_manifest
 from yarl import URL
 
+from sidecar.compat import SkyvernRoutes
 from sidecar.security import sign
 
 TOKEN = "skyvern-token"  # noqa: S105 - a test token
@@ -63,6 +67,81 @@ async def skyvern(run_sidecar, workspace, http):
         return sc
 
     return start
+
+
+def routes_for(root: Path) -> SkyvernRoutes:
+    """SkyvernRoutes reads nothing of the server but its artifacts root."""
+    return SkyvernRoutes(SimpleNamespace(root=root))  # type: ignore[arg-type]
+
+
+def name_of(routes: SkyvernRoutes, query: str, path: str = "/artifact/image") -> str | None:
+    return routes.name_of(make_mocked_request("GET", f"{path}?{query}"))
+
+
+class TestNameOf:
+    """`?path=` to an artifact name by string comparison with the artifacts dir, nothing normalised."""
+
+    def test_the_path_beneath_the_root_is_the_name(self, tmp_path: Path) -> None:
+        """Encoded (`%2F`) or not, with `file://` or not, `+` as a space like Express and axios."""
+        r = routes_for(tmp_path)
+        root = str(tmp_path)
+        assert name_of(r, "path=" + quote(f"{root}/shots/a b.png", safe="")) == "shots/a b.png"
+        assert name_of(r, f"path={root}/shots/a+b.png") == "shots/a b.png"
+        assert name_of(r, "path=" + quote(f"file://{root}/x.json", safe="")) == "x.json"
+        assert name_of(r, f"other=1&path={root}/x.json&v=2") == "x.json"
+
+    @pytest.mark.parametrize(
+        "tail",
+        ["", "/", "/../secret", "/a/../x.json", "/./x.json", "//x.json", "/.hidden", "/x.json.tmp", "/a/./b"],
+    )
+    def test_no_normalisation_opens_anything(self, tmp_path: Path, tail: str) -> None:
+        """Dot components, doubled slashes, the root itself, hidden and temp names: no name at all."""
+        assert name_of(routes_for(tmp_path), "path=" + quote(str(tmp_path) + tail, safe="")) is None
+
+    @pytest.mark.parametrize(
+        "query",
+        ["", "path=", "path=/etc/passwd", "path=x.json", "path=%ff%fe", "path=%E2%82", "pathx=/y"],
+        ids=["none", "empty", "outside", "relative", "not-utf8", "cut-utf8", "other-key"],
+    )
+    def test_what_names_nothing(self, tmp_path: Path, query: str) -> None:
+        """No `path`, a path outside the root or relative, invalid UTF-8: None, never an exception."""
+        assert name_of(routes_for(tmp_path), query) is None
+
+    def test_invalid_utf8_beneath_the_root_names_nothing(self, tmp_path: Path) -> None:
+        """`%FF` in the name is no spelling of any file name: not replaced by U+FFFD, refused."""
+        root = quote(str(tmp_path), safe="")
+        assert name_of(routes_for(tmp_path), f"path={root}%2Fshots%2F%FF.png") is None
+        assert name_of(routes_for(tmp_path), f"path={root}%2Fshots%2F%C3%BC.png") == "shots/\u00fc.png"
+
+    def test_two_paths_are_ambiguous(self, tmp_path: Path) -> None:
+        """`path` twice is refused even when both are the same."""
+        root = str(tmp_path)
+        assert name_of(routes_for(tmp_path), f"path={root}/x.json&path={root}/x.json") is None
+
+    def test_a_sibling_with_the_same_prefix_is_outside(self, tmp_path: Path) -> None:
+        """`<root>-other/x` starts with the root's spelling but is not beneath it."""
+        root = tmp_path / "artifacts"
+        assert name_of(routes_for(root), f"path={root}-other/x.json") is None
+        assert name_of(routes_for(root), f"path={root}x.json") is None
+
+    def test_the_root_as_given_and_as_resolved(self, tmp_path: Path) -> None:
+        """A root given through a symlink is known by both spellings; nothing else resolves."""
+        real = tmp_path / "real"
+        real.mkdir()
+        (tmp_path / "link").symlink_to(real)
+        r = routes_for(tmp_path / "link")
+        assert name_of(r, f"path={tmp_path}/link/x.json") == "x.json"
+        assert name_of(r, f"path={real}/x.json") == "x.json"
+        assert len(r.prefixes) == 2
+        assert len(routes_for(real).prefixes) == 1
+
+    def test_the_signed_path_is_the_artifacts_own(self, tmp_path: Path) -> None:
+        """On /artifact/* the signature covers `/artifacts/<name>` (encoded); elsewhere there is none."""
+        r = routes_for(tmp_path)
+        request = make_mocked_request("GET", f"/artifact/recording?path={tmp_path}/run+1.webm")
+        assert r.signed_path(request) == "/artifacts/run%201.webm"
+        assert r.signed_path(make_mocked_request("GET", f"/artifacts/x?path={tmp_path}/x.json")) is None
+        assert r.signed_path(make_mocked_request("GET", "/artifact/image?path=/etc/passwd")) is None
 
 
 class TestServing:
