@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from support.helpers import entry, names, sha256, wait_for, wait_manifest
-from test_materialize import make_png
+from support.images import make_png
 
 IDLE = 300  # idle connections: more than a 128 or 256 descriptor limit holds
 

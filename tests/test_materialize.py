@@ -10,32 +10,17 @@ import os
 import random
 import stat
 import struct
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support.helpers import source_writer
+from support.images import make_png
 
 import sidecar.materialize as materialize
 import sidecar.sink as sink
 from sidecar.config import Settings
 from sidecar.materialize import NotARegularFile, Outcome, materialize_file, run_materialize
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def make_png(seed: int = 0, extra: int = 0) -> bytes:
-    """A valid 16x16 PNG, padded with an ancillary chunk of `extra` random bytes."""
-    rng = random.Random(seed)
-    raw = b"".join(b"\x00" + rng.randbytes(48) for _ in range(16))
-    ihdr = struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0)
-    pad = _chunk(b"zzZz", rng.randbytes(extra)) if extra else b""
-    return (
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + pad + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
-    )
 
 
 def make_jpeg(seed: int = 0) -> bytes:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 import random
 import struct
-import zlib
 
 import pytest
+from support.images import make_png
 
 from sidecar.media import (
     SNIFF_BYTES,
@@ -23,17 +23,6 @@ from sidecar.media import (
 # --------------------------------------------------------------------------------------
 # small real images, made with the standard library
 # --------------------------------------------------------------------------------------
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def make_png(seed: int = 0, size: int = 16) -> bytes:
-    rng = random.Random(seed)
-    raw = b"".join(b"\x00" + rng.randbytes(size * 3) for _ in range(size))
-    ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
 
 
 def make_jpeg(seed: int = 0, exif_thumbnail: bool = False) -> bytes:

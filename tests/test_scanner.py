@@ -8,12 +8,12 @@ import random
 import struct
 import tracemalloc
 import urllib.parse
-import zlib
 from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.images import make_png
 
 from sidecar.media import is_complete_bytes, sniff
 from sidecar.scanner import Decoded, Ended, Found, Match, Scanner, scan_bytes
@@ -31,17 +31,6 @@ def b64(data: bytes) -> str:
 
 def wrap(text: str, width: int, sep: str) -> str:
     return sep.join(text[i : i + width] for i in range(0, len(text), width))
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def make_png(seed: int = 0, size: int = 16) -> bytes:
-    rng = random.Random(seed)
-    raw = b"".join(b"\x00" + rng.randbytes(size * 3) for _ in range(size))
-    ihdr = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
 
 
 def make_jpeg(seed: int = 0) -> bytes:
