@@ -15,6 +15,7 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import pytest
 from support.helpers import Sidecar, Workspace, wait_for
 
 RunSidecar = Callable[..., Awaitable[Sidecar]]
@@ -72,32 +73,22 @@ class TestBeforeTheBind:
         assert order == ["http.listening", "lifecycle.final", "lifecycle.exit"]
         assert sc.events("lifecycle.final", artifacts=1)
 
-    async def test_run_sigterm_before_the_child_exists_is_forwarded_to_it(
-        self, run_sidecar: RunSidecar, workspace: Callable[..., Workspace]
+    @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+    async def test_run_signal_before_the_child_exists_is_forwarded_to_it(
+        self, run_sidecar: RunSidecar, workspace: Callable[..., Workspace], sig: signal.Signals
     ) -> None:
-        """`run`: SIGTERM before the child exists is held, then forwarded to the child once it starts (SPEC 8):
-        killed by it, the child's 143 is the sidecar's exit status, after finalization."""
+        """`run`: a forwarded signal (SIGTERM, SIGHUP) before the child exists neither kills the sidecar nor is
+        lost: it is held, then forwarded to the child once it starts (SPEC 8); killed by it, the child's
+        128 + N is the sidecar's exit status, after finalization."""
         ws = workspace()
         with _held_at_load(ws) as fifo:
             command = [sys.executable, "-c", "import time; time.sleep(30)"]
             sc = await run_sidecar("--grace-period", "0.5", ws=ws, mode="run", command=command, wait_ready=False)
-            await _signal_while_loading(sc, fifo, signal.SIGTERM)
-        assert await sc.wait_exit(15) == 128 + signal.SIGTERM
-        assert sc.events("lifecycle.signal_held", signal="SIGTERM")
-        assert sc.events("lifecycle.child_exited", status=128 + signal.SIGTERM)
+            await _signal_while_loading(sc, fifo, sig)
+        assert await sc.wait_exit(15) == 128 + sig
+        assert sc.events("lifecycle.signal_held", signal=sig.name)
+        assert sc.events("lifecycle.child_exited", status=128 + sig)
         assert sc.events("lifecycle.final")
-
-    async def test_run_sighup_before_the_child_exists_is_the_childs(
-        self, run_sidecar: RunSidecar, workspace: Callable[..., Workspace]
-    ) -> None:
-        """`run`: a forwarded signal (SIGHUP) before the child exists neither kills the sidecar nor is lost."""
-        ws = workspace()
-        with _held_at_load(ws) as fifo:
-            command = [sys.executable, "-c", "import time; time.sleep(30)"]
-            sc = await run_sidecar("--grace-period", "0.5", ws=ws, mode="run", command=command, wait_ready=False)
-            await _signal_while_loading(sc, fifo, signal.SIGHUP)
-        assert await sc.wait_exit(15) == 128 + signal.SIGHUP
-        assert sc.events("lifecycle.child_exited", status=128 + signal.SIGHUP)
 
     async def test_serve_two_sigterms_while_loading_exit_at_once(
         self, run_sidecar: RunSidecar, workspace: Callable[..., Workspace]
