@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from sidecar.fsutil import atomic_write_bytes
+from sidecar.fsutil import OrderedFile
 from sidecar.logs import get_logger
 from sidecar.manifest import Entry
 
@@ -32,12 +32,13 @@ class Deliveries:
 
     def __init__(self, state_dir: Path | None = None, stored: Callable[[str], bool] | None = None) -> None:
         self.path = state_dir / STATE_FILE if state_dir is not None else None
+        self._file = OrderedFile(self.path) if self.path is not None else None
         self._stored = stored  # with offload: sha256 -> confirmed in object storage (delivered, SPEC 11)
         self.sidecar_id = ""
         self._cover: dict[str, list[tuple[int, int]]] = {}  # sha256 -> byte spans served so far
         self._done: set[str] = set()  # sha256
         self._dirty = False
-        self._saving = asyncio.Lock()  # one write at a time: an older snapshot never lands after a newer one
+        self._saving = asyncio.Lock()  # one save_now at a time (OrderedFile keeps their order on disk)
         self._wake = asyncio.Event()
         self.changed = asyncio.Event()
 
@@ -56,37 +57,41 @@ class Deliveries:
         except (OSError, ValueError, TypeError, AttributeError):
             return
 
-    def _snapshot(self) -> bytes | None:
+    def _snapshot(self) -> tuple[int, bytes] | None:
         """The file's next content when something changed since the last one (on the loop's thread)."""
-        if not self._dirty or self.path is None:
+        if not self._dirty or self._file is None:
             return None
         self._dirty = False
-        return json.dumps({"sidecar_id": self.sidecar_id, "done": sorted(self._done)}).encode()
+        return self._file.snapshot(json.dumps({"sidecar_id": self.sidecar_id, "done": sorted(self._done)}).encode())
 
-    def _write(self, doc: bytes | None) -> None:
-        """Blocking: run in a thread, or at exit."""
-        if doc is not None and self.path is not None:
-            try:
-                atomic_write_bytes(self.path, doc)
-            except OSError as e:
-                self._dirty = True
-                log.warning("deliveries.save_failed", error=str(e))
+    def _write(self, snap: tuple[int, bytes] | None) -> bool:
+        """Blocking: run in a thread, or at exit. False when the write failed (logged; tried again later)."""
+        if snap is None or self._file is None:
+            return True
+        try:
+            self._file.write(snap)
+        except OSError as e:
+            self._dirty = True
+            log.warning("deliveries.save_failed", error=str(e))
+            return False
+        return True
 
-    async def save_now(self) -> None:
-        """Write what changed since the last write, now; returns once it is on disk (or failed, logged)."""
+    async def save_now(self) -> bool:
+        """Write what changed since the last write, now. True once it is on disk (or nothing changed); False
+        when the write failed (logged): then what depends on it must not be written either."""
         async with self._saving:
-            doc = self._snapshot()
-            if doc is None:
-                return
+            snap = self._snapshot()
+            if snap is None:
+                return not self._dirty
             try:
-                await asyncio.to_thread(self._write, doc)
+                return await asyncio.to_thread(self._write, snap)
             except asyncio.CancelledError:
                 self._dirty = True  # not known to be on disk: the exit's flush writes it again
                 raise
 
-    def flush(self) -> None:
+    def flush(self) -> bool:
         """The last write at exit (blocking; the loop is shutting down)."""
-        self._write(self._snapshot())
+        return self._write(self._snapshot())
 
     async def persist_forever(self) -> None:
         try:

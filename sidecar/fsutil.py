@@ -17,6 +17,7 @@ from sidecar.retry import exponential
 
 __all__ = (
     "TRANSIENT",
+    "OrderedFile",
     "Signature",
     "Transient",
     "atomic_write_bytes",
@@ -81,6 +82,31 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+class OrderedFile:
+    """A state file written from snapshots, on the loop's thread or in a worker thread: a snapshot taken
+    earlier never replaces one taken later, whichever write ends last (a write cancelled on the loop goes
+    on in its thread while the exit writes a newer snapshot)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._taken = 0
+        self._written = 0
+
+    def snapshot(self, doc: bytes) -> tuple[int, bytes]:
+        """Number `doc` in the order snapshots are taken (on the loop's thread)."""
+        self._taken += 1
+        return self._taken, doc
+
+    def write(self, snap: tuple[int, bytes]) -> None:
+        """Blocking; raises what atomic_write_bytes raises. A snapshot older than the one on disk is skipped."""
+        seq, doc = snap
+        with self._lock:
+            if seq > self._written:
+                atomic_write_bytes(self.path, doc)
+                self._written = seq
 
 
 def open_beneath(root: Path, name: str) -> int:

@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 
 from sidecar.config import Settings
 from sidecar.deliveries import Deliveries
-from sidecar.fsutil import atomic_write_bytes
+from sidecar.fsutil import OrderedFile
 from sidecar.logs import Throttle, get_logger
 from sidecar.manifest import Entry, ManifestStore
 from sidecar.metrics import Metrics
@@ -96,6 +96,7 @@ class Pusher:
         self.deliveries = deliveries  # saved before the acknowledgements (see Deliveries)
         self.hold = hold
         self.path = settings.state_dir.absolute() / STATE_FILE
+        self._file = OrderedFile(self.path)  # an older snapshot never replaces a newer one
         self.acked_version = 0
         self.acked: dict[str, str] = {}  # cache mode: name -> sha256 the UI acknowledged
         self.failed: set[str] = set()  # Idempotency-Keys refused with a 4xx: never retried
@@ -125,21 +126,22 @@ class Pusher:
             return
         self.acked_version, self.acked = acked_version, acked
 
-    def _snapshot(self) -> bytes:
+    def _snapshot(self) -> tuple[int, bytes]:
         self._dirty = False
         self._saved_at = time.monotonic()
         doc = {"sidecar_id": self.store.sidecar_id, "acked_version": self.acked_version, "acked": self.acked}
-        return json.dumps(doc).encode()
+        return self._file.snapshot(json.dumps(doc).encode())
 
     async def _persist(self, *, force: bool = False) -> None:
         """Write the acknowledgements, at most every SAVE_EVERY_S unless forced. A SIGKILL in between only
         means a few pushes are repeated after restart, with the same Idempotency-Key."""
         if self._dirty and (force or time.monotonic() - self._saved_at >= SAVE_EVERY_S):
-            doc = self._snapshot()  # first: the deliveries saved next include every acknowledgement in it
+            snap = self._snapshot()  # first: the deliveries saved next include every acknowledgement in it
             try:
-                if self.deliveries is not None:
-                    await self.deliveries.save_now()
-                await asyncio.to_thread(atomic_write_bytes, self.path, doc)
+                if self.deliveries is not None and not await self.deliveries.save_now():
+                    self._dirty = True  # no acknowledgement on disk before the delivery it stands for
+                    return
+                await asyncio.to_thread(self._file.write, snap)
             except OSError as e:
                 # Out of descriptors, or a full disk: the acknowledgements stay in memory and are written
                 # next time. Raising here ended the pusher task: no push after it, not even the final one.
@@ -152,11 +154,9 @@ class Pusher:
 
     def flush(self) -> None:
         """The last write at exit (blocking; the loop is shutting down)."""
-        if self._dirty:
-            if self.deliveries is not None:
-                self.deliveries.flush()
+        if self._dirty and (self.deliveries is None or self.deliveries.flush()):
             with contextlib.suppress(OSError):
-                atomic_write_bytes(self.path, self._snapshot())
+                self._file.write(self._snapshot())
 
     # ---- the loop ------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from sidecar.fsutil import (
+    OrderedFile,
     Transient,
     atomic_write_bytes,
     backoff,
@@ -64,6 +65,18 @@ class TestAtomicWrite:
         assert (state / "x.json").read_bytes() == b"new"
 
     # A symlink in place of the directory written to: tests/test_beneath.py.
+
+
+def test_an_older_snapshot_never_replaces_a_newer_one(tmp_path: Path) -> None:
+    """A save cancelled on the loop goes on in its thread while the exit writes a newer snapshot: whichever
+    write ends last, the file keeps the newer."""
+    f = OrderedFile(tmp_path / "state.json")
+    older, newer = f.snapshot(b"older"), f.snapshot(b"newer")
+    f.write(newer)
+    f.write(older)
+    assert f.path.read_bytes() == b"newer"
+    f.write(f.snapshot(b"newest"))
+    assert f.path.read_bytes() == b"newest"
 
 
 class TestHashBeneath:

@@ -441,3 +441,21 @@ class TestSeams:
         done = json.loads((tmp_path / "state" / DELIVERIES_FILE).read_text())["done"]
         assert done == [sha256(b"held")]
         assert json.loads((tmp_path / "state" / STATE_FILE).read_text())["acked"] == {"a.txt": sha256(b"held")}
+
+    async def test_no_acknowledgement_is_written_when_its_delivery_could_not_be(self, tmp_path):
+        """deliveries.json cannot be replaced (a directory stands in its place): push.json is not written
+        either, and both are once the deliveries can be; never an acknowledgement without its delivery."""
+        deliveries = Deliveries(tmp_path / "state")
+        p = await self.pusher(tmp_path, deliveries=deliveries)
+        deliveries.load(p.store.sidecar_id)
+        (tmp_path / "state" / DELIVERIES_FILE).mkdir()
+        p.acked["a.txt"] = sha256(b"held")
+        deliveries.acknowledged(sha256(b"held"))
+        p._dirty = True
+        await p._persist(force=True)
+        assert not (tmp_path / "state" / STATE_FILE).exists()
+        assert p._dirty
+        (tmp_path / "state" / DELIVERIES_FILE).rmdir()
+        await p._persist(force=True)
+        assert json.loads((tmp_path / "state" / DELIVERIES_FILE).read_text())["done"] == [sha256(b"held")]
+        assert json.loads((tmp_path / "state" / STATE_FILE).read_text())["acked"] == {"a.txt": sha256(b"held")}
