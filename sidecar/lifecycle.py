@@ -190,19 +190,21 @@ class Sidecar:
             latch.detach()
             raise
         tasks = self._start_background()
-        exit_code = 0
+        exit_code, stuck = 0, 0
         try:
             exit_code = await self._main(tasks)
         finally:
-            stuck = await self._shutdown(runner, tasks)
-            latch.detach()
-            if self.child is not None:
-                self.child.close(loop)
-        # The one summary line (SPEC 10's `lifecycle.exit`): how it ended and what this run did.
-        counts = self.metrics.totals()
-        counts["reaped"] = self.child.reaped_orphans if self.child is not None else 0
-        counts["stuck"] = stuck
-        log.info("lifecycle.exit", code=exit_code, state=self.store.state, version=self.store.version, **counts)
+            try:
+                stuck = await self._shutdown(runner, tasks)
+            finally:
+                latch.detach()
+                if self.child is not None:
+                    self.child.close(loop)
+                # The one summary line (SPEC 10's `lifecycle.exit`): how it ended and what this run did.
+                counts = self.metrics.totals()
+                counts["reaped"] = self.child.reaped_orphans if self.child is not None else 0
+                counts["stuck"] = stuck
+                log.info("lifecycle.exit", code=exit_code, state=self.store.state, version=self.store.version, **counts)
         return exit_code
 
     async def _startup(self) -> web.AppRunner:
@@ -290,11 +292,18 @@ class Sidecar:
         self.listening = False
         app = runner.app
         app[API_KEY].close_streams()  # they had the final event (SPEC 8 step 4); nothing more comes
-        if self.fast_exit.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(runner.cleanup(), FAST_EXIT_S)
-        else:
-            await runner.cleanup()  # in-flight responses get DRAIN_S (the runner's shutdown_timeout)
+        try:
+            if self.fast_exit.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(runner.cleanup(), FAST_EXIT_S)
+            else:
+                await runner.cleanup()  # in-flight responses get DRAIN_S (the runner's shutdown_timeout)
+        except Exception as e:  # an on_cleanup hook failed: the tasks are still stopped under their deadline
+            log.error("lifecycle.drain_failed", error=str(e) or type(e).__name__, exc_info=e)
+        return await self._stop_tasks(tasks)
+
+    async def _stop_tasks(self, tasks: list[asyncio.Task[None]]) -> int:
+        """The pusher and offloader told to stop, every background task cancelled; returns how many are stuck."""
         if self.pusher is not None:
             self.pusher.stop()
         if self.offloader is not None:
@@ -391,9 +400,12 @@ class Sidecar:
         self.notifier.send("STOPPING=1")
         await self.store.commit(state="finalizing")
         flush_s = s.settle_s + 5.0
-        await self.watcher.flush(flush_s)
-        await self.toolresults.flush(flush_s)
-        await self.watcher.flush(flush_s)
+        try:
+            await self.watcher.flush(flush_s)
+            await self.toolresults.flush(flush_s)
+            await self.watcher.flush(flush_s)
+        except Exception as e:  # the last rescan is best effort: what was published is still final
+            log.error("lifecycle.rescan_failed", error=str(e) or type(e).__name__, exc_info=e)
         await self.store.commit(state="final")
         log.info("lifecycle.final", version=self.store.version, artifacts=len(self.store.entries))
 

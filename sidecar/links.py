@@ -14,20 +14,27 @@ class StorageLinks:
 
     def __init__(self) -> None:
         self._links: dict[str, tuple[str, float]] = {}  # sha256 -> (presigned URL, monotonic time signed)
+        self._shown: set[str] = set()  # sha256s whose link a committed manifest version holds
 
     def url(self, sha256: str) -> str | None:
         link = self._links.get(sha256)
         return link[0] if link else None
 
     def stored(self, sha256: str) -> bool:
-        """Confirmed, persisted and visible in the manifest: counts as delivered in the grace period."""
-        return sha256 in self._links
+        """Confirmed, persisted and shown in a committed manifest: counts as delivered in the grace period
+        (before that commit, the final push would not carry the link yet)."""
+        return sha256 in self._shown
+
+    def show(self, sha256s: set[str]) -> None:
+        """The manifest version just committed holds these contents' links (the ones that have one)."""
+        self._shown.update(s for s in sha256s if s in self._links)
 
     def put(self, sha256: str, url: str) -> None:
         self._links[sha256] = (url, time.monotonic())
 
     def drop(self, sha256: str) -> bool:
         """Forget this content's link; False when it had none."""
+        self._shown.discard(sha256)
         return self._links.pop(sha256, None) is not None
 
     def signed(self) -> list[tuple[str, float]]:

@@ -168,6 +168,8 @@ class Offloader:
                 for sha in relink:
                     key = self.contents.get(sha, _NOTHING).key
                     url = await self._presign(key) if key is not None else None
+                    if url is not None and self.contents.get(sha, _NOTHING).key != key:
+                        continue  # the key went to other bytes meanwhile: that change relinks it
                     if url is not None:
                         self.links.put(sha, url)
                     elif not self.links.drop(sha) and key is not None:
@@ -175,6 +177,7 @@ class Offloader:
                         asyncio.get_running_loop().call_later(5.0, self._flush)
                 names = [n for n, e in self.store.entries.items() if e.sha256 in relink]
                 await self.store.commit(relinked=names)
+                self.links.show(relink)
             except OSError as e:  # a full state disk: nothing is shown before it is saved; try again
                 log.warning("upload.state_unsaved", error=str(e))
                 self._relink |= relink
@@ -408,7 +411,7 @@ class Offloader:
                     self.links.drop(sha)  # unpublished; linked again if it comes back
                 elif now - made > self.ttl / 2 and (key := self.contents.get(sha, _NOTHING).key) is not None:
                     url = await self._presign(key)
-                    if url is not None:
+                    if url is not None and self.contents.get(sha, _NOTHING).key == key:  # not reassigned meanwhile
                         self.links.put(sha, url)
                 if i % 100 == 99:
                     await asyncio.sleep(0)

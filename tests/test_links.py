@@ -8,12 +8,17 @@ from sidecar.links import StorageLinks
 
 
 class TestStorageLinks:
-    def test_a_put_link_is_shown_and_counts_as_stored(self):
-        """After put, url gives the link and stored is True; other contents have neither."""
+    def test_a_link_counts_as_stored_once_a_commit_shows_it(self):
+        """After put, url gives the link (the next commit shows it); stored only once `show` says a committed
+        version holds it, so the grace period never ends on a link the final push would not carry."""
         links = StorageLinks()
         links.put("a" * 64, "https://s3.example/a?X-Amz-Signature=1")
-        assert links.url("a" * 64) == "https://s3.example/a?X-Amz-Signature=1" and links.stored("a" * 64)
+        assert links.url("a" * 64) == "https://s3.example/a?X-Amz-Signature=1" and not links.stored("a" * 64)
+        links.show({"a" * 64, "b" * 64})
+        assert links.stored("a" * 64)
         assert links.url("b" * 64) is None and not links.stored("b" * 64)
+        links.drop("a" * 64)
+        assert not links.stored("a" * 64)
 
     def test_drop_says_whether_there_was_a_link(self):
         """drop forgets the link and is True only when there was one."""
