@@ -96,7 +96,7 @@ def _split(value: Any) -> Any:
 Command = Literal["run", "serve", "materialize", "healthcheck"]
 COMMANDS: tuple[Command, ...] = get_args(Command)
 _DAEMON: tuple[Command, ...] = ("run", "serve")
-_ONE_SHOT: tuple[Command, ...] = (*_DAEMON, "materialize")  # what `sidecar materialize` reads
+_ALSO_ONE_SHOT: tuple[Command, ...] = (*_DAEMON, "materialize")  # read by the daemon and by `sidecar materialize`
 _PROBED: tuple[Command, ...] = (*_DAEMON, "healthcheck")  # what `sidecar healthcheck` reads
 
 
@@ -133,7 +133,7 @@ class Settings(BaseSettings):
 
     artifacts_dir: Path = option(
         "where artifacts are watched, served and materialized; created if missing",
-        _ONE_SHOT,
+        _ALSO_ONE_SHOT,
         default=Path("/workspace/artifacts"),
     )
     tool_results_dirs: Annotated[list[Path], NoDecode] = option(
@@ -189,22 +189,24 @@ class Settings(BaseSettings):
         "seconds a client may read nothing of a response before it is cut", default=30.0, gt=0, allow_inf_nan=False
     )
     data_url_types: CommaList = option(
-        "media types or ranges materialized from data URLs", _ONE_SHOT, default_factory=lambda: ["image/*"]
+        "media types or ranges materialized from data URLs", _ALSO_ONE_SHOT, default_factory=lambda: ["image/*"]
     )
-    min_data_url_bytes: int = option("smaller decoded payloads are left alone", _ONE_SHOT, default=512, ge=0)
+    min_data_url_bytes: int = option("smaller decoded payloads are left alone", _ALSO_ONE_SHOT, default=512, ge=0)
     max_data_url_bytes: int = option(
-        "larger decoded payloads are rejected as too_large", _ONE_SHOT, default=104_857_600, gt=0
+        "larger decoded payloads are rejected as too_large", _ALSO_ONE_SHOT, default=104_857_600, gt=0
     )
     bare_base64_images: bool = option(
-        "also materialize bare base64 JSON strings that decode to a complete image", _ONE_SHOT, default=True
+        "also materialize bare base64 JSON strings that decode to a complete image", _ALSO_ONE_SHOT, default=True
     )
-    rewrite_tool_results: bool = option("replace materialized data URLs in the source file", _ONE_SHOT, default=True)
+    rewrite_tool_results: bool = option(
+        "replace materialized data URLs in the source file", _ALSO_ONE_SHOT, default=True
+    )
     skyvern_routes: bool = option(
         "also serve Skyvern's /artifact/{image,json,text,recording}?path= routes", default=False
     )
-    log_format: LogFormat = option("auto is console on a TTY, json elsewhere", _ONE_SHOT, default="auto")
-    log_level: LogLevel = option("the least severe level logged", _ONE_SHOT, default="info")
-    log_file: Path | None = option("logs go to this file instead of stderr", _ONE_SHOT)
+    log_format: LogFormat = option("auto is console on a TTY, json elsewhere", _ALSO_ONE_SHOT, default="auto")
+    log_level: LogLevel = option("the least severe level logged", _ALSO_ONE_SHOT, default="info")
+    log_file: Path | None = option("logs go to this file instead of stderr", _ALSO_ONE_SHOT)
     s3_bucket: str | None = option("offload artifacts to this S3 bucket; none: no offload")
     # None: `<chat_id or sidecar_id>/`, known once the state dir is read
     s3_prefix: str | None = option(

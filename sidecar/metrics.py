@@ -20,7 +20,9 @@ class Metrics:
         self.push_attempts = Counter("sidecar_push_attempts", "Pushes to the UI by outcome", ["outcome"], registry=r)
         self.response_bytes = Counter("sidecar_http_response_bytes", "HTTP response body bytes sent", registry=r)
         self.downloads = Counter(
-            "sidecar_downloads", "Artifact bodies sent in full (a 200, or one 206 range)", registry=r
+            "sidecar_downloads",
+            "Artifact bodies and ranges sent to their end (a 200, a 206 range, an archive member)",
+            registry=r,
         )
         # Object-storage offload (SPEC 11): ok = uploaded, found = already in the store (HeadObject after a
         # restart), retry = the store was down or busy, failed = it refused, changed = the file moved on.

@@ -33,7 +33,8 @@ class SignalLatch:
 
     @classmethod
     def capture(cls, *, forwarded: bool) -> SignalLatch:
-        """Start holding signals now (main thread only, before the event loop exists)."""
+        """Start holding signals now (main thread only; `sidecar.cli` calls it before the event loop exists,
+        `Sidecar.run` from the loop when no latch was given)."""
         latch = cls(forwarded=forwarded)
         for sig in latch.signals:
             signal.signal(sig, latch._hold)
@@ -44,8 +45,8 @@ class SignalLatch:
 
     def attach(self, loop: asyncio.AbstractEventLoop, handler: Callable[[int], None]) -> None:
         """Give every held signal to the loop's `handler(sig)`, the ones already received first, in order."""
-        # Blocked while the handlers change hands, so that none falls between the two (only the main
-        # thread exists yet: no other thread can take it instead).
+        # Blocked while the handlers change hands, so that none falls between the two (in the daemon only
+        # the main thread exists yet, so no other thread can take the signal instead).
         with _blocked(self.signals):
             for sig in self.signals:
                 loop.add_signal_handler(sig, handler, sig)
@@ -55,7 +56,8 @@ class SignalLatch:
             handler(signum)
 
     def detach(self) -> None:
-        """Back to the default dispositions (the loop is about to end)."""
+        """Back to the default dispositions (the loop is about to end; the latch's own plain handlers are
+        not restored, the process is on its way out)."""
         if self._attached is not None:
             for sig in self.signals:
                 self._attached.remove_signal_handler(sig)

@@ -13,7 +13,7 @@ from sidecar.logs import get_logger
 from sidecar.privileges import ChildUser, child_environ
 from sidecar.signals import FORWARDED
 
-__all__ = ("FORWARDED", "Child", "become_subreaper")
+__all__ = ("Child", "become_subreaper")
 
 log = get_logger("sidecar.supervise")
 

@@ -265,7 +265,7 @@ async def watch(
             try:
                 await rescan()
             except Exception:
-                log.exception("watch.rescan_failed")
+                log.exception("watch.rescan_failed", root=str(root))
 
 
 def _polling_forced() -> bool:
