@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import random
 import struct
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 from support.corpus import encode, flip_idat, svg, unpadded
 from support.helpers import source_writer, wait_manifest
+from support.images import b64, datauri_name
 
 from sidecar.config import Settings
 from sidecar.materialize import materialize_file
@@ -21,14 +20,6 @@ from sidecar.media import is_complete_bytes
 from sidecar.scanner import scan_bytes
 
 Image = pytest.importorskip("PIL.Image")
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def name_of(data: bytes, ext: str) -> str:
-    return f"datauri-{hashlib.sha256(data).hexdigest()[:16]}.{ext}"
 
 
 def png(seed: int) -> bytes:
@@ -64,7 +55,7 @@ class TestLineBreaks:
         assert not b64(data).endswith("=")
         src = source(f"data:image/png;base64,{b64(data)}{sep}{after}{sep}")
         (o,) = materialize_file(src, settings)
-        assert (o.status, o.name) == ("materialized", name_of(data, "png"))
+        assert (o.status, o.name) == ("materialized", datauri_name(data, "png"))
         assert published(settings, o.name) == data
         assert src.read_bytes().decode() == f"/artifacts/{o.name}{sep}{after}{sep}"
 
@@ -73,8 +64,8 @@ class TestLineBreaks:
         images = [unpadded(random.Random(s)) for s in range(4)]
         src = source("".join(f"data:image/png;base64,{b64(d)}\n" for d in images))
         outcomes = materialize_file(src, settings)
-        assert [o.name for o in outcomes] == [name_of(d, "png") for d in images]
-        assert src.read_bytes().decode() == "".join(f"/artifacts/{name_of(d, 'png')}\n" for d in images)
+        assert [o.name for o in outcomes] == [datauri_name(d, "png") for d in images]
+        assert src.read_bytes().decode() == "".join(f"/artifacts/{datauri_name(d, 'png')}\n" for d in images)
 
     def test_a_second_data_url_on_the_next_line_is_its_own(
         self, settings: Settings, source: Callable[..., Path]
@@ -84,7 +75,7 @@ class TestLineBreaks:
         data = png(2)
         src = source(f"data:image/png;base64,{b64(small)}\ndata:image/png;base64,{b64(data)}\nend\n")
         (o,) = materialize_file(src, settings)
-        assert o.name == name_of(data, "png")
+        assert o.name == datauri_name(data, "png")
         assert src.read_bytes().decode() == f"data:image/png;base64,{b64(small)}\n/artifacts/{o.name}\nend\n"
 
     def test_a_line_of_another_width_ends_the_payload(self, settings: Settings, source: Callable[..., Path]) -> None:
@@ -195,7 +186,7 @@ class TestRawSvg:
         body = data.decode() if encoding == "raw" else urllib.parse.quote(data.decode(), safe="")
         src = source(f"Figure:\ndata:image/svg+xml,{body} (done)\n")
         (o,) = materialize_file(src, settings)
-        assert (o.status, o.name) == ("materialized", name_of(data, "svg"))
+        assert (o.status, o.name) == ("materialized", datauri_name(data, "svg"))
         assert published(settings, o.name) == data
         assert src.read_bytes().decode() == f"Figure:\n/artifacts/{o.name} (done)\n"
 

@@ -23,13 +23,11 @@ import importlib.util
 import json
 import os
 import random
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.parse
-import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -38,6 +36,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support.helpers import Sidecar, Workspace, names, raw_request, wait_manifest
+from support.images import b64, make_png, wrap
 
 from sidecar.config import Settings
 from sidecar.datauri import DataURLError, forgiving_base64_decode, parse_data_url, parse_mime_type
@@ -50,17 +49,6 @@ from sidecar.security import sign
 # --------------------------------------------------------------------------------------
 # small real images
 # --------------------------------------------------------------------------------------
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def make_png(seed: int, side: int = 12) -> bytes:
-    rng = random.Random(seed)
-    raw = b"".join(b"\x00" + rng.randbytes(3 * side) for _ in range(side))
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw)) + _chunk(b"IEND", b"")
 
 
 def make_gif(seed: int) -> bytes:
@@ -79,10 +67,6 @@ def make_svg(seed: int) -> bytes:
     return f'<svg xmlns="http://www.w3.org/2000/svg" width="64" height="64">{circles}</svg>'.encode()
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
 # --------------------------------------------------------------------------------------
 # (a) hostile request paths over a raw socket
 # --------------------------------------------------------------------------------------
@@ -95,7 +79,7 @@ HIDDEN = b"HIDDEN-" + hashlib.sha256(b"under a dot directory").hexdigest().encod
 NEVER = (CANARY, SECRET, HIDDEN, b"root:x:0:0", b"Traceback")
 
 ARTIFACTS: dict[str, bytes] = {
-    "a.png": make_png(1),
+    "a.png": make_png(1, 12),
     "notes.txt": b"plain notes\n",
     "sub/deep.txt": b"deep file\n",
     "caf\u00e9 \u2024 r\u00e9sum\u00e9.txt": b"non-ASCII name\n",
@@ -400,7 +384,7 @@ class TestParseDataUrlFuzz:
 # --------------------------------------------------------------------------------------
 
 IMAGES = {
-    "png": [make_png(s) for s in range(3)] + [make_png(9, side=40)],
+    "png": [make_png(s, 12) for s in range(3)] + [make_png(9, 40)],
     "gif": [make_gif(s) for s in range(2)],
     "svg": [make_svg(s) for s in range(2)],
 }
@@ -417,10 +401,6 @@ JUNK = [
 ]  # fmt: skip
 
 
-def _wrap(text: str, width: int, sep: str) -> str:
-    return sep.join(text[i : i + width] for i in range(0, len(text), width))
-
-
 def data_url_forms(kind: str, image: bytes, form: int) -> str:
     """One image as one of the textual forms agents and tools produce."""
     mime = DECLARED[kind]
@@ -428,9 +408,9 @@ def data_url_forms(kind: str, image: bytes, form: int) -> str:
     if form == 0:
         return f"data:{mime};base64,{enc}"
     if form == 1:  # wrapped at 76 with real line breaks
-        return f"data:{mime};base64,{_wrap(enc, 76, chr(10))}"
+        return f"data:{mime};base64,{wrap(enc, 76, chr(10))}"
     if form == 2:  # wrapped at 64 with JSON `\n` escapes
-        return f"data:{mime};base64,{_wrap(enc, 64, chr(92) + 'n')}"
+        return f"data:{mime};base64,{wrap(enc, 64, chr(92) + 'n')}"
     if form == 3:  # inside a JSON string: `\/` escapes
         return f"data:{mime.replace('/', chr(92) + '/')};base64,{enc.replace('/', chr(92) + '/')}"
     if form == 4:  # URL-safe alphabet, padding dropped
@@ -442,9 +422,9 @@ def data_url_forms(kind: str, image: bytes, form: int) -> str:
     if form == 8:  # a bare string escaped inside another JSON string
         return f'\\"{enc}\\"'
     if form == 9:  # Jupyter: one string ending in `\n`, or wrapped at 76 by `\n` escapes
-        return f'"{enc}\\n"' if len(enc) % 2 else f'"{_wrap(enc, 76, chr(92) + "n")}\\n"'
+        return f'"{enc}\\n"' if len(enc) % 2 else f'"{wrap(enc, 76, chr(92) + "n")}\\n"'
     if form == 10:  # Jupyter: a list of line strings
-        return '"image/png": [\n "' + _wrap(enc, 76, '\\n",\n "') + '"\n]'
+        return '"image/png": [\n "' + wrap(enc, 76, '\\n",\n "') + '"\n]'
     if form == 11 and kind == "svg":  # raw SVG with a prolog inside a JSON string
         return '"data:image/svg+xml,' + json.dumps('<?xml version="1.0"?>\n' + image.decode())[1:-1] + '"'
     return f'"{enc}"'  # a bare base64 JSON string

@@ -6,11 +6,11 @@ import io
 import os
 import random
 import struct
-import zlib
 from pathlib import Path
 
 import pytest
 from support.corpus import encode, flip_idat, svg
+from support.images import png_chunk
 
 from sidecar.imagecheck import damage, damage_bytes
 
@@ -24,10 +24,6 @@ KINDS = {
     "ico": "image/x-icon",
     "svg+xml": "image/svg+xml",
 }
-
-
-def chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def png_with(extra: bytes) -> bytes:
@@ -82,20 +78,20 @@ class TestPng:
 
     def test_a_chunk_header_that_is_not_one(self) -> None:
         """A chunk type that is not four letters is damage, at its byte offset."""
-        png = png_with(chunk(b"teXt", b"k\0v"))
+        png = png_with(png_chunk(b"teXt", b"k\0v"))
         bad = png.replace(b"teXt", b"te1t", 1)
         assert damage_bytes("image/png", bad) == "a chunk header at byte 33 is not one"
 
     def test_a_chunk_running_past_the_end(self) -> None:
         """A length that points beyond the file (a cut inside the data) is damage, never an exception."""
-        png = png_with(chunk(b"teXt", b"k\0" + b"v" * 100))
+        png = png_with(png_chunk(b"teXt", b"k\0" + b"v" * 100))
         why = damage_bytes("image/png", png[:80])
         assert why is not None and "points past the end" in why
 
     def test_large_chunks_are_checked_across_blocks(self) -> None:
         """A 2.5 MiB chunk (read in 1 MiB blocks) is intact; one byte changed in its third MiB is not."""
         body = random.Random(4).randbytes(5 << 19)
-        png = png_with(chunk(b"zzZz", body))
+        png = png_with(png_chunk(b"zzZz", body))
         assert damage_bytes("image/png", png) is None
         i = png.index(b"zzZz") + 4 + (5 << 19) - 10
         bad = png[:i] + bytes([png[i] ^ 1]) + png[i + 1 :]
@@ -103,7 +99,7 @@ class TestPng:
 
     def test_reads_are_bounded_and_from_a_real_file(self, tmp_path: Path) -> None:
         """Through pread on a file: the same verdicts as in memory, in reads of at most 1 MiB each."""
-        png = png_with(chunk(b"zzZz", bytes(3 << 20)))
+        png = png_with(png_chunk(b"zzZz", bytes(3 << 20)))
         path = tmp_path / "big.png"
         path.write_bytes(png)
         sizes: list[int] = []

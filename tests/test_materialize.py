@@ -2,45 +2,23 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
 import os
 import random
 import stat
-import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from support.helpers import source_writer
-from support.images import make_png
+from support.images import b64, datauri_name, make_jpeg, make_png
 
 import sidecar.materialize as materialize
 import sidecar.sink as sink
 from sidecar.config import Settings
 from sidecar.materialize import NotARegularFile, Outcome, materialize_file, run_materialize
-
-
-def make_jpeg(seed: int = 0) -> bytes:
-    rng = random.Random(seed)
-
-    def seg(marker: int, payload: bytes) -> bytes:
-        return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
-
-    com = seg(0xFE, bytes(rng.choice(b"abcdefgh ") for _ in range(700)))
-    sof = seg(0xC0, b"\x08\x00\x08\x00\x08\x01\x01\x11\x00")
-    sos = seg(0xDA, b"\x01\x01\x00\x00\x3f\x00")
-    return b"\xff\xd8" + com + seg(0xDB, b"\x00" + bytes([1] * 64)) + sof + sos + b"\x3f" + b"\xff\xd9"
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def name_of(data: bytes, ext: str) -> str:
-    return f"datauri-{hashlib.sha256(data).hexdigest()[:16]}.{ext}"
 
 
 @pytest.fixture
@@ -79,7 +57,7 @@ class TestMaterialized:
         png = make_png(1)
         src = source(f'{{"text": "see data:image/png;base64,{b64(png)}", "n": 1}}\n')
         (o,) = materialize_file(src, settings)
-        name = name_of(png, "png")
+        name = datauri_name(png, "png")
         assert o == Outcome(
             src,
             14,
@@ -110,13 +88,13 @@ class TestMaterialized:
 
     def test_detected_type_wins_and_declared_is_kept(self, settings: Settings, source: Callable[..., Path]) -> None:
         """A JPEG declared as PNG is written as .jpg, image/jpeg, with declared_mime_type image/png."""
-        jpg = make_jpeg(2)
+        jpg = make_jpeg(2, comment=700)
         (o,) = materialize_file(source(f"![x](data:image/png;base64,{b64(jpg)})"), settings)
-        assert (o.name, o.mime_type, o.declared_mime_type) == (name_of(jpg, "jpg"), "image/jpeg", "image/png")
+        assert (o.name, o.mime_type, o.declared_mime_type) == (datauri_name(jpg, "jpg"), "image/jpeg", "image/png")
 
     def test_aliases_of_the_same_type_do_not_differ(self, settings: Settings, source: Callable[..., Path]) -> None:
         """image/jpg is image/jpeg: no declared_mime_type."""
-        (o,) = materialize_file(source(f"data:image/jpg;base64,{b64(make_jpeg())} "), settings)
+        (o,) = materialize_file(source(f"data:image/jpg;base64,{b64(make_jpeg(comment=700))} "), settings)
         assert (o.mime_type, o.declared_mime_type) == ("image/jpeg", None)
 
     def test_declared_non_image_is_written_as_bin(
@@ -128,8 +106,8 @@ class TestMaterialized:
         text = b"hi " * 300
         outs = materialize_file(source(f'"data:application/pdf;base64,{b64(pdf)}" data:text/plain,{"hi%20" * 300}'), s)
         assert [(o.name, o.mime_type) for o in outs] == [
-            (name_of(pdf, "bin"), "application/pdf"),
-            (name_of(text, "bin"), "text/plain"),
+            (datauri_name(pdf, "bin"), "application/pdf"),
+            (datauri_name(text, "bin"), "text/plain"),
         ]
 
     def test_bare_base64_image_content_is_replaced(self, settings: Settings, source: Callable[..., Path]) -> None:
@@ -139,7 +117,7 @@ class TestMaterialized:
         text = json.dumps(doc)
         src = source(text)
         (o,) = materialize_file(src, settings)
-        assert (o.offset, o.name, o.declared_mime_type) == (text.index(b64(png)), name_of(png, "png"), None)
+        assert (o.offset, o.name, o.declared_mime_type) == (text.index(b64(png)), datauri_name(png, "png"), None)
         doc["content"][0]["data"] = f"/artifacts/{o.name}"
         assert json.loads(src.read_text()) == doc
 
@@ -158,8 +136,8 @@ class TestMaterialized:
         png = make_png(5, extra=6 << 20)
         src = source(f'"data:image/png;base64,{b64(png)}"')
         (o,) = materialize_file(src, settings)
-        assert o.status == "materialized" and (settings.artifacts_dir / name_of(png, "png")).read_bytes() == png
-        assert artifacts(settings) == [name_of(png, "png")]
+        assert o.status == "materialized" and (settings.artifacts_dir / datauri_name(png, "png")).read_bytes() == png
+        assert artifacts(settings) == [datauri_name(png, "png")]
 
     def test_artifacts_dir_is_created(
         self, make_settings: Callable[..., Settings], source: Callable[..., Path], tmp_path: Path
@@ -228,7 +206,7 @@ class TestRejected:
     def test_artifact_that_cannot_be_written(self, settings: Settings, source: Callable[..., Path]) -> None:
         """A payload whose file cannot be written is rejected write_failed; the other payloads go on."""
         bad, good = make_png(20), make_png(21)
-        (settings.artifacts_dir / name_of(bad, "png")).mkdir(parents=True)
+        (settings.artifacts_dir / datauri_name(bad, "png")).mkdir(parents=True)
         text = f"data:image/png;base64,{b64(bad)} data:image/png;base64,{b64(good)} "
         src = source(text)
         first, second = materialize_file(src, settings)
@@ -283,7 +261,7 @@ class TestRewrite:
         real = materialize._rewrite
 
         def spy(*args: object) -> None:
-            seen.append((settings.artifacts_dir / name_of(png, "png")).read_bytes())
+            seen.append((settings.artifacts_dir / datauri_name(png, "png")).read_bytes())
             real(*args)  # type: ignore[arg-type]
 
         monkeypatch.setattr(materialize, "_rewrite", spy)
@@ -353,7 +331,7 @@ class TestSpecialFiles:
 class TestRunMaterialize:
     def test_one_json_object_per_data_url_in_order(self, settings: Settings, source: Callable[..., Path]) -> None:
         """`sidecar materialize` prints one JSON line per data URL found, in order, and exits 0."""
-        png, jpg = make_png(18), make_jpeg(18)
+        png, jpg = make_png(18), make_jpeg(18, comment=700)
         src = source(
             f"data:image/png;base64,{b64(png)} x data:image/png;base64, y ![j](data:image/jpeg;base64,{b64(jpg)})"
         )
@@ -361,9 +339,9 @@ class TestRunMaterialize:
         assert run_materialize([src], settings, out) == 0
         recs = [json.loads(line) for line in out.getvalue().splitlines()]
         assert [(r["status"], r["name"], r["reason"]) for r in recs] == [
-            ("materialized", name_of(png, "png"), None),
+            ("materialized", datauri_name(png, "png"), None),
             ("rejected", None, "empty"),
-            ("materialized", name_of(jpg, "jpg"), None),
+            ("materialized", datauri_name(jpg, "jpg"), None),
         ]
         assert all(r["source"] == str(src) for r in recs)
 
@@ -389,7 +367,7 @@ class TestBatches:
         outcomes = materialize_file(src, settings)
         assert [o.status for o in outcomes] == ["materialized"] * len(images)
         for png in images:
-            assert (settings.artifacts_dir / name_of(png, "png")).read_bytes() == png
+            assert (settings.artifacts_dir / datauri_name(png, "png")).read_bytes() == png
         assert not [p for p in settings.artifacts_dir.iterdir() if p.name.startswith(".")], "no temp file left"
         assert src.read_text().count("/artifacts/datauri-") == len(images)
 

@@ -7,7 +7,7 @@ import random
 import struct
 
 import pytest
-from support.images import make_png
+from support.images import make_gif, make_jpeg, make_png
 
 from sidecar.media import (
     SNIFF_BYTES,
@@ -23,41 +23,6 @@ from sidecar.media import (
 # --------------------------------------------------------------------------------------
 # small real images, made with the standard library
 # --------------------------------------------------------------------------------------
-
-
-def make_jpeg(seed: int = 0, exif_thumbnail: bool = False) -> bytes:
-    rng = random.Random(seed)
-
-    def seg(marker: int, payload: bytes) -> bytes:
-        return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
-
-    app1 = seg(0xE1, b"Exif\x00\x00" + b"\xff\xd8\xff\xdb" + bytes(40) + b"\xff\xd9") if exif_thumbnail else b""
-    com = seg(0xFE, bytes(rng.choice(b"abcdefgh ") for _ in range(300)))
-    dqt = seg(0xDB, b"\x00" + bytes([1] * 64))
-    sof = seg(0xC0, b"\x08\x00\x08\x00\x08\x01\x01\x11\x00")
-    dht_dc = seg(0xC4, b"\x00" + bytes([1] + [0] * 15) + b"\x00")
-    dht_ac = seg(0xC4, b"\x10" + bytes([1] + [0] * 15) + b"\x00")
-    sos = seg(0xDA, b"\x01\x01\x00\x00\x3f\x00")
-    scan = b"\x3f\xff\x00\x3f"  # entropy data with a stuffed 0xFF
-    return b"\xff\xd8" + app1 + com + dqt + sof + dht_dc + dht_ac + sos + scan + b"\xff\xd9"
-
-
-def make_gif(seed: int = 0) -> bytes:
-    rng = random.Random(seed)
-    data = rng.randbytes(600)
-    blocks = b"".join(bytes([len(data[i : i + 255])]) + data[i : i + 255] for i in range(0, len(data), 255))
-    gce = b"\x21\xf9\x04\x00\x00\x00\x00\x00"
-    return (
-        b"GIF89a"
-        + struct.pack("<HHBBB", 4, 4, 0x80, 0, 0)
-        + bytes(6)
-        + gce
-        + b"\x2c"
-        + struct.pack("<HHHHB", 0, 0, 4, 4, 0)
-        + b"\x02"
-        + blocks
-        + b"\x00\x3b"
-    )
 
 
 def make_webp() -> bytes:

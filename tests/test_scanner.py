@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import random
-import struct
 import tracemalloc
 import urllib.parse
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from collections.abc import Callable
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.images import make_png
+from support.images import b64, make_gif, make_jpeg, make_png, wrap
 
 from sidecar.media import is_complete_bytes, sniff
 from sidecar.scanner import Decoded, Ended, Found, Match, Scanner, scan_bytes
@@ -23,33 +22,6 @@ DEFAULT = "text/plain;charset=US-ASCII"
 # --------------------------------------------------------------------------------------
 # SPEC 4.2: the scanner
 # --------------------------------------------------------------------------------------
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def wrap(text: str, width: int, sep: str) -> str:
-    return sep.join(text[i : i + width] for i in range(0, len(text), width))
-
-
-def make_jpeg(seed: int = 0) -> bytes:
-    rng = random.Random(seed)
-
-    def seg(marker: int, payload: bytes) -> bytes:
-        return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
-
-    com = seg(0xFE, bytes(rng.choice(b"abcdefgh ") for _ in range(200)))
-    sof = seg(0xC0, b"\x08\x00\x08\x00\x08\x01\x01\x11\x00")
-    sos = seg(0xDA, b"\x01\x01\x00\x00\x3f\x00")
-    return b"\xff\xd8" + com + seg(0xDB, b"\x00" + bytes([1] * 64)) + sof + sos + b"\x3f\xff\x00\x3f" + b"\xff\xd9"
-
-
-def make_gif(seed: int = 0) -> bytes:
-    data = random.Random(seed).randbytes(300)
-    blocks = b"".join(bytes([len(data[i : i + 255])]) + data[i : i + 255] for i in range(0, len(data), 255))
-    head = b"GIF89a" + struct.pack("<HHBBB", 4, 4, 0x80, 0, 0) + bytes(6)
-    return head + b"\x2c" + struct.pack("<HHHHB", 0, 0, 4, 4, 0) + b"\x02" + blocks + b"\x00\x3b"
 
 
 SVG = (

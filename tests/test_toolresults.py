@@ -10,8 +10,8 @@ import sys
 
 import pytest
 from support.helpers import entry, get_manifest, names, wait_manifest
+from support.images import b64, datauri_name, make_png
 from support.machine import mount_tmpfs, umount
-from test_materialize import b64, make_png, name_of
 
 from sidecar.toolresults import compile_glob
 
@@ -65,7 +65,7 @@ class TestRoots:
         src = ws.tool_results / "p" / "s" / "tool-results" / "t.json"
         src.parent.mkdir(parents=True)
         src.write_text(tool_result(png))
-        name = name_of(png, "png")
+        name = datauri_name(png, "png")
         doc = await wait_manifest(http, sc, lambda d: names(d) == [name])
         e = entry(doc, name)
         assert e is not None
@@ -85,9 +85,9 @@ class TestRoots:
         inside = ws.tool_results / "p" / "s" / "tool-results" / "t.json"
         inside.parent.mkdir(parents=True)
         inside.write_text(tool_result(png))
-        await wait_manifest(http, sc, lambda d: names(d) == [name_of(png, "png")])
+        await wait_manifest(http, sc, lambda d: names(d) == [datauri_name(png, "png")])
         assert outside.read_text() == tool_result(other)
-        assert names(await get_manifest(http, sc)) == [name_of(png, "png")]
+        assert names(await get_manifest(http, sc)) == [datauri_name(png, "png")]
 
     async def test_a_root_made_after_start_is_watched(self, run_sidecar, workspace, http):
         """A tool-results root that does not exist yet is looked for; once made, its files are processed."""
@@ -98,7 +98,7 @@ class TestRoots:
         src = ws.tool_results / "p" / "tool-results" / "t.json"
         src.parent.mkdir(parents=True)
         src.write_text(tool_result(png))
-        await wait_manifest(http, sc, lambda d: names(d) == [name_of(png, "png")], timeout=10)
+        await wait_manifest(http, sc, lambda d: names(d) == [datauri_name(png, "png")], timeout=10)
 
     async def test_a_folder_moved_in_is_processed_without_waiting_for_the_rescan(self, run_sidecar, workspace, http):
         """A whole project folder moved into a root (one event) is walked at once: the periodic rescan is
@@ -110,7 +110,7 @@ class TestRoots:
         (staged / "s" / "tool-results").mkdir(parents=True)
         (staged / "s" / "tool-results" / "t.json").write_text(tool_result(png))
         staged.rename(ws.tool_results / "p")
-        await wait_manifest(http, sc, lambda d: names(d) == [name_of(png, "png")])
+        await wait_manifest(http, sc, lambda d: names(d) == [datauri_name(png, "png")])
 
     async def test_forced_polling_still_materializes(self, run_sidecar, workspace, http):
         """WATCHFILES_FORCE_POLLING=1 (no inotify): the roots are polled, the file is processed without
@@ -122,7 +122,7 @@ class TestRoots:
         src = ws.tool_results / "p" / "s" / "tool-results" / "t.json"
         src.parent.mkdir(parents=True)
         src.write_text(tool_result(png))
-        await wait_manifest(http, sc, lambda d: names(d) == [name_of(png, "png")])
+        await wait_manifest(http, sc, lambda d: names(d) == [datauri_name(png, "png")])
         assert not sc.events("watch.restarted")
 
 
@@ -141,7 +141,7 @@ class TestFinalization:
         assert await sc.wait_exit(10) == 0
         final = json.loads((ws.state / "manifest.json").read_bytes())
         assert final["state"] == "final"
-        assert [e["name"] for e in final["entries"]] == [name_of(png, "png")]
+        assert [e["name"] for e in final["entries"]] == [datauri_name(png, "png")]
         assert final["entries"][0]["origin"] == str(src)
 
 
@@ -168,10 +168,12 @@ class TestRetries:
             assert doc["artifacts"] == []
             assert src.read_bytes() == text
             filler.unlink()
-            await wait_manifest(http, sc, lambda d: names(d) == [name_of(png, "png")] and not d["rejected"], timeout=10)
-            async with http.get(sc.url(f"/artifacts/{name_of(png, 'png')}")) as resp:
+            await wait_manifest(
+                http, sc, lambda d: names(d) == [datauri_name(png, "png")] and not d["rejected"], timeout=10
+            )
+            async with http.get(sc.url(f"/artifacts/{datauri_name(png, 'png')}")) as resp:
                 assert await resp.read() == png
-            assert f"/artifacts/{name_of(png, 'png')}".encode() in src.read_bytes()
+            assert f"/artifacts/{datauri_name(png, 'png')}".encode() in src.read_bytes()
             assert sc.events("datauri.retry_later")
         finally:
             umount(ws.artifacts)

@@ -22,6 +22,8 @@ from typing import Literal
 
 from PIL import Image
 
+from support.images import b64, wrap
+
 Fate = Literal["recover", "refuse", "ignore"]
 EXT = {"png": "png", "jpeg": "jpg", "gif": "gif", "webp": "webp", "ico": "ico", "bmp": "bmp", "svg+xml": "svg"}
 
@@ -147,14 +149,6 @@ def tiny_png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (1, 1), (255, 0, 0)).save(buf, "PNG")
     return buf.getvalue()
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def wrap(text: str, width: int, sep: str) -> str:
-    return sep.join(text[i : i + width] for i in range(0, len(text), width))
 
 
 def unpadded(rng: random.Random, kind: str = "png") -> bytes:
