@@ -10,11 +10,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from zipstream import ZIP_DEFLATED, ZIP_STORED, ZipStream
 
 from sidecar.logs import get_logger
 from sidecar.manifest import Entry
+from sidecar.streams import BodyWriter
 
 if TYPE_CHECKING:
     from sidecar.server import Api
@@ -115,6 +116,29 @@ def _take(chunks: Iterator[bytes], limit: int) -> list[bytes]:
     return out
 
 
+class _Out:
+    """The archive's body through the server's BodyWriter: written at the client's pace, and a client that
+    takes nothing for the write timeout is cut (SPEC 9), like any other big body."""
+
+    def __init__(self, api: Api, request: web.Request, resp: web.StreamResponse) -> None:
+        self.api, self.request, self.resp = api, request, resp
+        self.body: BodyWriter | None = None
+
+    async def write(self, data: bytes) -> None:
+        if self.body is None:
+            if self.request.version >= HttpVersion11:
+                self.resp.enable_chunked_encoding()  # framed by the writer (HTTP/1.0: the body ends at close)
+            self.body = await BodyWriter.start(self.request, self.resp, self.api.turns)
+        await self.body.write(data, self.api.write_timeout)
+
+    async def end(self) -> None:
+        if self.body is None:
+            await self.resp.prepare(self.request)
+            await self.resp.write_eof()
+        else:
+            await self.body.end(self.api.write_timeout)
+
+
 class ArchiveRoute:
     def __init__(self, api: Api) -> None:
         self.api = api
@@ -156,6 +180,7 @@ class ArchiveRoute:
             }
         )
         zs = ZipStream(compress_type=ZIP_STORED)
+        out = _Out(self.api, request, resp)
         sent: list[Entry] = []
         total = 0
         group: list[_Member] = []  # small members go to the worker together: one hop, not one each
@@ -180,15 +205,13 @@ class ArchiveRoute:
                 group_bytes += entry.size_bytes
                 if len(group) >= GROUP or group_bytes >= BATCH:
                     handed, group, group_bytes = group, [], 0  # _pump closes what it is handed
-                    total += await self._pump(request, resp, zs.all_files(), handed)
+                    total += await self._pump(out, zs.all_files(), handed)
                     sent.extend(m.entry for m in handed)
             handed, group = group, []
-            total += await self._pump(request, resp, zs.all_files(), handed)
+            total += await self._pump(out, zs.all_files(), handed)
             sent.extend(m.entry for m in handed)
-            total += await self._pump(request, resp, zs.footer(), [])
-            if not resp.prepared:
-                await resp.prepare(request)
-            await resp.write_eof()
+            total += await self._pump(out, zs.footer(), [])
+            await out.end()
         except ArchiveError as e:
             log.warning("archive.failed", prefix=prefix, sent=len(sent), reason=str(e))
             if not resp.prepared:
@@ -209,9 +232,7 @@ class ArchiveRoute:
         log.info("archive.sent", prefix=prefix, members=len(sent), bytes=total)
         return resp
 
-    async def _pump(
-        self, request: web.Request, resp: web.StreamResponse, chunks: Iterator[bytes], members: list[_Member]
-    ) -> int:
+    async def _pump(self, out: _Out, chunks: Iterator[bytes], members: list[_Member]) -> int:
         """Run a zipstream generator in the worker pool and write what it makes; returns the bytes written."""
         written = 0
         pending: concurrent.futures.Future[list[bytes]] | None = None
@@ -222,10 +243,8 @@ class ArchiveRoute:
                 pending = None
                 if not batch:
                     return written
-                if not resp.prepared:
-                    await resp.prepare(request)
                 data = b"".join(batch)
-                await resp.write(data)
+                await out.write(data)
                 written += len(data)
         finally:
             # Neither the generator nor the member's file may be closed while a worker is inside them: that

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from support.helpers import Sidecar, wait_for, wait_manifest
+from support.stalled import stalled_clients
 
 from sidecar.security import sign
 
@@ -337,3 +338,25 @@ async def test_over_4_gib_is_zip64_and_verifies(run_sidecar, workspace, http):
         assert f"{4200 << 20}" in listed.stdout and "z.png" in listed.stdout, listed.stdout
         unzip_t_member = subprocess.run([UNZIP, "-t", str(out), "z.png"], capture_output=True, text=True, timeout=60)
         assert unzip_t_member.returncode == 0 and "No errors detected" in unzip_t_member.stdout, unzip_t_member
+
+
+class TestStalled:
+    async def test_a_client_that_reads_nothing_is_cut_after_the_write_timeout(self, published, http):
+        """An archive of 24 MB of incompressible data to a client that sends its request and never reads:
+        cut after --write-timeout like any big body (SPEC 9), while /healthz answers."""
+        files = {f"big{i}.png": b"\x89PNG\r\n\x1a\n" + os.urandom(6 << 20) for i in range(4)}
+        sc = await published("--write-timeout", "1", files=files)
+        request = b"GET /v1/archive.zip HTTP/1.1\r\nHost: x\r\n\r\n"
+        with stalled_clients(sc.port, request, 1) as (sock,):
+            await wait_for(lambda: sc.events("http.stalled_reader_cut"), timeout=20)
+            async with http.get(sc.url("/healthz")) as resp:
+                assert resp.status == 200
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):  # what the kernel held, then the end of the stream
+                while sock.recv(1 << 20):
+                    pass
+            sock.setblocking(True)
+            sock.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):
+                while sock.recv(1 << 20):
+                    pass
