@@ -6,14 +6,12 @@ import contextlib
 import errno
 import hashlib
 import os
-import random
 import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from sidecar.beneath import open_dir_nofollow, open_regular_beneath
-from sidecar.retry import exponential
 
 __all__ = (
     "TRANSIENT",
@@ -21,7 +19,6 @@ __all__ = (
     "Signature",
     "Transient",
     "atomic_write_bytes",
-    "backoff",
     "hash_beneath",
     "is_transient",
     "list_tree",
@@ -47,11 +44,6 @@ class Transient(OSError):
 
 def is_transient(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in TRANSIENT
-
-
-def backoff(attempt: int, base: float = 0.05, cap: float = 2.0) -> float:
-    """Seconds to wait before retry number `attempt` (1, 2, ...): exponential, capped, with jitter."""
-    return exponential(attempt - 1, base, cap) * random.uniform(0.5, 1.0)  # noqa: S311 - jitter
 
 
 def signature(st: os.stat_result) -> Signature:

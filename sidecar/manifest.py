@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from sidecar.fsutil import atomic_write_bytes, backoff, is_transient
+from sidecar.fsutil import atomic_write_bytes, is_transient
 from sidecar.logs import Throttle, get_logger
 from sidecar.media import artifact_type, mime_from_name
+from sidecar.retry import backoff
 from sidecar.security import encode_path, is_publishable_name, signed_query
 from sidecar.subscribers import Subscribers
 

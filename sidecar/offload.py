@@ -23,7 +23,7 @@ from sidecar.links import StorageLinks
 from sidecar.logs import get_logger
 from sidecar.manifest import Entry, ManifestStore
 from sidecar.metrics import Metrics
-from sidecar.retry import backoff_delay
+from sidecar.retry import backoff_delay, exponential
 from sidecar.s3 import MAX_PRESIGN_S, Bucket, Changed, Down, Refused, Rejected, open_bucket
 
 __all__ = ("Offloader",)
@@ -295,7 +295,7 @@ class Offloader:
             log.info("upload.skipped", name=e.name, key=key, reason=changed.reason)
             self._let_go(e.sha256)
             content.changed += 1
-            loop.call_later(CHANGED_RETRY_S * 2 ** min(content.changed - 1, 6), self._enqueue, e.sha256)
+            loop.call_later(exponential(content.changed - 1, CHANGED_RETRY_S, 64.0), self._enqueue, e.sha256)
         except Rejected as r:
             self.metrics.uploads.labels(outcome="failed").inc()
             log.warning("upload.failed", name=e.name, key=key, reason=r.reason, retry=False)

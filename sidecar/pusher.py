@@ -22,9 +22,9 @@ from sidecar.logs import Throttle, get_logger
 from sidecar.manifest import Entry, ManifestStore
 from sidecar.metrics import Metrics
 from sidecar.numbers import ascii_uint
-from sidecar.retry import BACKOFF_CAP_S, backoff_delay
+from sidecar.retry import backoff_delay
 
-__all__ = ("BACKOFF_CAP_S", "PushHold", "Pusher", "backoff_delay", "retry_after_seconds")
+__all__ = ("PushHold", "Pusher", "retry_after_seconds")
 
 log = get_logger("sidecar.pusher")
 

@@ -10,8 +10,9 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 
-from sidecar.fsutil import Signature, backoff, signature
+from sidecar.fsutil import Signature, signature
 from sidecar.logs import get_logger
+from sidecar.retry import backoff
 
 __all__ = ("Due", "Settler")
 

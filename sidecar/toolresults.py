@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Protocol
 
 from sidecar.config import Settings
-from sidecar.fsutil import Signature, Transient, backoff, is_transient, list_tree, signature
+from sidecar.fsutil import Signature, Transient, is_transient, list_tree, signature
 from sidecar.logs import Throttle, get_logger
 from sidecar.manifest import ManifestStore, Rejected
 from sidecar.metrics import Metrics
+from sidecar.retry import backoff
 from sidecar.settle import Due, Settler
-from sidecar.watch import watch
+from sidecar.watch import relative, watch
 
 __all__ = ("Publish", "ToolResultsWatcher", "compile_glob")
 
@@ -94,8 +95,8 @@ class ToolResultsWatcher:
                 tg.create_task(self._watch_root(root))
 
     def _matches(self, root: Path, path: str) -> bool:
-        rel = os.path.relpath(path, root).replace(os.sep, "/")
-        return not rel.startswith("..") and bool(self.glob.match(rel))
+        rel = relative(path, f"{root}{os.sep}")
+        return rel is not None and bool(self.glob.match(rel))
 
     async def _watch_root(self, root: Path) -> None:
         while not root.is_dir():

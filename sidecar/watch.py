@@ -21,10 +21,11 @@ from typing import Any
 
 from asyncinotify import Event, Inotify, Mask, Watch
 
-from sidecar.fsutil import TRANSIENT, backoff
+from sidecar.fsutil import TRANSIENT
 from sidecar.logs import get_logger
+from sidecar.retry import backoff
 
-__all__ = ("OVERFLOW", "RootGone", "TreeWatch", "WatchUnavailable", "watch", "watch_forever")
+__all__ = ("OVERFLOW", "RootGone", "TreeWatch", "WatchUnavailable", "relative", "watch", "watch_forever")
 
 log = get_logger("sidecar.watch")
 
@@ -266,6 +267,14 @@ async def watch(
                 await rescan()
             except Exception:
                 log.exception("watch.rescan_failed", root=str(root))
+
+
+def relative(path: str, prefix: str) -> str | None:
+    """The POSIX name of path below prefix (the root with its trailing separator), else None. A prefix cut,
+    not os.path.relpath: that splits both paths, quadratic down a deep chain, on every event."""
+    if not path.startswith(prefix) or len(path) == len(prefix):
+        return None
+    return path[len(prefix) :].replace(os.sep, "/")
 
 
 def _polling_forced() -> bool:

@@ -15,7 +15,6 @@ from typing import Any
 from sidecar.fsutil import (
     Signature,
     Transient,
-    backoff,
     hash_beneath,
     list_tree,
     lstat_beneath,
@@ -26,9 +25,10 @@ from sidecar.logs import Throttle, get_logger
 from sidecar.manifest import Entry, Identity, ManifestStore, Rejected
 from sidecar.media import mime_from_name
 from sidecar.metrics import Metrics
+from sidecar.retry import backoff
 from sidecar.security import is_publishable_name
 from sidecar.settle import Due, Settler
-from sidecar.watch import watch
+from sidecar.watch import relative, watch
 
 __all__ = ("ArtifactWatcher", "Provenance", "relevant_name")
 
@@ -55,13 +55,6 @@ class ArtifactFilter:
         # A prefix cut, not os.path.relpath: that splits both paths, quadratic down a deep chain.
         rel = relative(path, self.prefix)
         return rel is not None and relevant_name(rel)
-
-
-def relative(path: str, prefix: str) -> str | None:
-    """The POSIX name of path below prefix (the root with its trailing separator), else None."""
-    if not path.startswith(prefix) or len(path) == len(prefix):
-        return None
-    return path[len(prefix) :].replace(os.sep, "/")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

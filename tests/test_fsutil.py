@@ -17,7 +17,6 @@ from sidecar.fsutil import (
     OrderedFile,
     Transient,
     atomic_write_bytes,
-    backoff,
     hash_beneath,
     is_transient,
     list_tree,
@@ -159,10 +158,3 @@ class TestTrees:
         got = lstat_many(tmp_path, [f"{deep}/f", "s", f"{deep}/nope", "nope/f"])
         assert [g is not None for g in got] == [True, True, False, False]
         assert got[0] is not None and got[0].st_size == 4
-
-
-def test_backoff_grows_is_capped_and_jittered() -> None:
-    waits = [backoff(n) for n in range(1, 12)]
-    assert all(0 < w <= 2.0 for w in waits)
-    assert 0.025 <= backoff(1) <= 0.05
-    assert max(backoff(30) for _ in range(50)) <= 2.0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import signal
 import time
 from email.utils import formatdate
@@ -20,12 +19,10 @@ from sidecar.deliveries import Deliveries
 from sidecar.manifest import Entry, Identity, ManifestStore
 from sidecar.metrics import Metrics
 from sidecar.pusher import (
-    BACKOFF_CAP_S,
     RETRY_AFTER_CAP_S,
     STATE_FILE,
     Pusher,
     PushHold,
-    backoff_delay,
     retry_after_seconds,
 )
 
@@ -234,24 +231,6 @@ class TestCacheMode:
         assert await sc.wait_exit(3) == 0
         assert sc.events("lifecycle.exit")
         assert not sc.events("lifecycle.task_stuck")
-
-
-class TestBackoffDelay:
-    @pytest.mark.parametrize("attempt", [0, 1, 2, 3, 4, 5, 6, 7, 10, 20])
-    def test_full_jitter_under_a_doubling_cap(self, attempt):
-        """Attempt n waits uniformly in [0, min(10 s, 250 ms * 2**n)]: never above, spread over the whole range."""
-        cap = min(BACKOFF_CAP_S, 0.25 * 2**attempt)
-        rng = random.Random(attempt)
-        delays = [backoff_delay(attempt, rng) for _ in range(500)]
-        assert all(0.0 <= d <= cap for d in delays)
-        assert max(delays) > 0.8 * cap
-        assert min(delays) < 0.2 * cap
-
-    def test_cap_is_ten_seconds_even_for_huge_attempts(self):
-        """The cap holds for any attempt number, without overflow."""
-        assert BACKOFF_CAP_S == 10.0
-        rng = random.Random(1)
-        assert all(0.0 <= backoff_delay(n, rng) <= 10.0 for n in (30, 1_000, 10**9))
 
 
 class TestRetryAfter:

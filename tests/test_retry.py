@@ -1,4 +1,5 @@
-"""sidecar.retry: one exponential, capped backoff curve, and full jitter beneath it."""
+"""sidecar.retry: one exponential, capped backoff curve, full jitter beneath it for pushes and uploads, half
+jitter for temporary I/O errors."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import random
 
 import pytest
 
-from sidecar.retry import BACKOFF_BASE_S, BACKOFF_CAP_S, backoff_delay, exponential
+from sidecar.retry import BACKOFF_BASE_S, BACKOFF_CAP_S, backoff, backoff_delay, exponential
 
 
 class TestExponential:
@@ -50,3 +51,28 @@ class TestBackoffDelay:
         """Two generators seeded alike give the same delays: tests can replay a run of retries."""
         a, b = random.Random(42), random.Random(42)
         assert [backoff_delay(n, a) for n in range(6)] == [backoff_delay(n, b) for n in range(6)]
+
+
+class TestBackoffDelayAsPushesUseIt:
+    @pytest.mark.parametrize("attempt", [0, 1, 2, 3, 4, 5, 6, 7, 10, 20])
+    def test_full_jitter_under_a_doubling_cap(self, attempt):
+        """Attempt n waits uniformly in [0, min(10 s, 250 ms * 2**n)]: never above, spread over the whole range."""
+        cap = min(BACKOFF_CAP_S, 0.25 * 2**attempt)
+        rng = random.Random(attempt)
+        delays = [backoff_delay(attempt, rng) for _ in range(500)]
+        assert all(0.0 <= d <= cap for d in delays)
+        assert max(delays) > 0.8 * cap
+        assert min(delays) < 0.2 * cap
+
+    def test_cap_is_ten_seconds_even_for_huge_attempts(self):
+        """The cap holds for any attempt number, without overflow."""
+        assert BACKOFF_CAP_S == 10.0
+        rng = random.Random(1)
+        assert all(0.0 <= backoff_delay(n, rng) <= 10.0 for n in (30, 1_000, 10**9))
+
+
+def test_backoff_grows_is_capped_and_jittered() -> None:
+    waits = [backoff(n) for n in range(1, 12)]
+    assert all(0 < w <= 2.0 for w in waits)
+    assert 0.025 <= backoff(1) <= 0.05
+    assert max(backoff(30) for _ in range(50)) <= 2.0
