@@ -6,18 +6,11 @@ import http.client
 import sys
 from typing import TextIO
 
-__all__ = ("check_health", "probe_host")
+from sidecar.security import reachable_host
+
+__all__ = ("check_health",)
 
 TIMEOUT_S = 2.0  # under the image's HEALTHCHECK --timeout (3 s), so a hung daemon reads as unhealthy, not killed
-
-
-def probe_host(host: str) -> str:
-    """Where to reach a daemon bound to `host`: a wildcard bind is reached over loopback."""
-    if host in ("", "0.0.0.0", "*"):
-        return "127.0.0.1"
-    if host in ("::", "[::]"):
-        return "::1"
-    return host.strip("[]")
 
 
 def check_health(host: str, port: int, err: TextIO = sys.stderr, timeout: float = TIMEOUT_S) -> int:
@@ -27,7 +20,7 @@ def check_health(host: str, port: int, err: TextIO = sys.stderr, timeout: float 
     if port == 0:
         print("sidecar healthcheck: --port 0 (an ephemeral port) cannot be probed", file=err)
         return 1
-    target = probe_host(host)
+    target = reachable_host(host)
     conn = http.client.HTTPConnection(target, port, timeout=timeout)
     try:
         conn.request("GET", "/healthz", headers={"Connection": "close"})

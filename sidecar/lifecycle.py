@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -30,7 +29,7 @@ from sidecar.privileges import (
     set_non_dumpable,
 )
 from sidecar.pusher import Pusher, PushHold
-from sidecar.security import is_loopback_host
+from sidecar.security import is_loopback_host, reachable_host
 from sidecar.server import API_KEY, Hooks, build_app
 from sidecar.signals import STOP, SignalLatch
 from sidecar.supervise import Child
@@ -57,15 +56,8 @@ class StartupError(Exception):
 
 def open_url(host: str, port: int) -> str:
     """A URL one can open for a bound address: a wildcard host becomes its loopback address."""
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    try:
-        is_v6 = ipaddress.ip_address(host).version == 6
-    except ValueError:  # a name
-        is_v6 = False
-    return f"http://[{host}]:{port}" if is_v6 else f"http://{host}:{port}"
+    host = reachable_host(host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _bind_error(host: str, port: int, e: OSError) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import grp
 import os
@@ -11,6 +10,8 @@ import pwd
 import stat
 from collections.abc import Mapping
 from pathlib import Path
+
+from sidecar.numbers import ascii_uint
 
 __all__ = (
     "CREDENTIAL_ENV",
@@ -70,17 +71,13 @@ class ChildUser:
     home: str
 
 
-def _number(text: str) -> int | None:
-    return int(text) if text.isascii() and text.isdigit() and len(text) <= 10 else None
-
-
 def resolve_child_user(spec: str) -> ChildUser:
     """`user[:group]`, each a name or a number. A number with no passwd entry runs with gid = uid and
     HOME=/ (what Docker does for `--user N`, minus its group 0). ValueError names what is unknown."""
     user_text, _, group_text = spec.strip().partition(":")
     if not user_text:
         raise ValueError("needs a user: user[:group]")
-    uid = _number(user_text)
+    uid = ascii_uint(user_text, 10)
     try:
         pw = pwd.getpwuid(uid) if uid is not None else pwd.getpwnam(user_text)
     except (KeyError, OverflowError):
@@ -89,7 +86,7 @@ def resolve_child_user(spec: str) -> ChildUser:
         pw = None
     gid = pw.pw_gid if pw is not None else uid
     if group_text:
-        gid = _number(group_text)
+        gid = ascii_uint(group_text, 10)
         if gid is None:
             try:
                 gid = grp.getgrnam(group_text).gr_gid
@@ -173,6 +170,8 @@ def set_non_dumpable() -> bool:
     """PR_SET_DUMPABLE 0: a process of the same uid can no longer read our memory or /proc/<pid>/environ
     (the kernel hands those files to root), and no core dump spills the tokens. False where prctl is missing."""
     with contextlib.suppress(OSError, AttributeError):
+        import ctypes  # here: every command imports this module through config, few need ctypes
+
         libc = ctypes.CDLL(None, use_errno=True)
         return int(libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)) == 0
     return False

@@ -21,6 +21,7 @@ __all__ = (
     "is_loopback_host",
     "is_publishable_name",
     "name_from_raw_path",
+    "reachable_host",
     "sign",
     "signature_ok",
     "signed_query",
@@ -123,6 +124,15 @@ def is_loopback_address(addr: str | None) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped.is_loopback
     return ip.is_loopback
+
+
+def reachable_host(host: str) -> str:
+    """Where to reach a daemon bound to `host`: a wildcard bind is reached over loopback (no brackets)."""
+    if host in ("", "0.0.0.0", "*"):
+        return "127.0.0.1"
+    if host in ("::", "[::]"):
+        return "::1"
+    return host.strip("[]")
 
 
 def is_loopback_host(host: str) -> bool:
