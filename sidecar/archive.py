@@ -27,7 +27,6 @@ log = get_logger("sidecar.archive")
 READ_CHUNK = 256 * 1024
 BATCH = 1024 * 1024  # bytes made per worker-thread hop: bounds the memory of one archive in flight
 GROUP = 64  # at most this many members (open files) handed to the worker at once
-MEMBER_WAIT_S = 5.0  # a member being re-published gets as long as a settling /artifacts name (SPEC 5)
 DEFLATE_LEVEL = 6
 
 # Deflating these gains next to nothing and costs the most CPU: they are stored as they are.
@@ -149,22 +148,14 @@ class ArchiveRoute:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _open(self, name: str) -> _Member | None:
-        """The name's current publication and its verified inode; None if it was removed meanwhile."""
-        api = self.api
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + MEMBER_WAIT_S
-        while True:
-            entry = api.store.entries.get(name)
-            if entry is None:
-                return None
-            fd = api._open(entry)
-            if fd is not None:
-                return _Member(fd, entry)
-            left = deadline - loop.time()
-            if left <= 0:
-                raise ArchiveError(f"{name} is changing and was not published again in time")
-            api.hooks.nudge(name)
-            await api.store.wait_change(min(left, 0.25))
+        """The name's current publication and its verified inode; None if it was removed meanwhile. One being
+        re-published gets as long as a settling /artifacts name (SPEC 5)."""
+        found = await self.api.open_published(name, may_come=False)
+        if found is not None:
+            return _Member(found[1], found[0])
+        if name in self.api.store.entries:
+            raise ArchiveError(f"{name} is changing and was not published again in time")
+        return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         prefix = request.query.get("prefix", "").strip("/")

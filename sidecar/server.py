@@ -249,23 +249,33 @@ class Api:
 
     async def serve(self, request: web.Request, name: str) -> web.StreamResponse:
         """The artifact `name` (already checked publishable), for `/artifacts/*` and the Skyvern routes."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SETTLE_WAIT_S
-        while True:
-            entry = self.store.entries.get(name)
-            fd = self._open(entry) if entry is not None else None
-            if fd is not None and entry is not None:
-                break
-            # Not published yet, or rewritten since: wait for the publication if it can come (SPEC 5).
-            left = deadline - loop.time()
-            if left <= 0 or not self._may_be_published(name):
-                raise web.HTTPNotFound(reason="no such artifact")
-            self.hooks.nudge(name)
-            await self.store.wait_change(min(left, 0.25))
+        found = await self.open_published(name, may_come=True)
+        if found is None:
+            raise web.HTTPNotFound(reason="no such artifact")
+        entry, fd = found
         try:
             return await self._send(request, entry, fd)
         finally:
             os.close(fd)
+
+    async def open_published(self, name: str, *, may_come: bool) -> tuple[Entry, int] | None:
+        """The name's publication and its verified inode (the caller closes it). A name rewritten since
+        its publication waits up to SETTLE_WAIT_S for the next one (SPEC 5); with `may_come`, so does a
+        name not published yet whose file may still be, while it may. None when none came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SETTLE_WAIT_S
+        while True:
+            entry = self.store.entries.get(name)
+            if entry is None and not may_come:
+                return None
+            fd = self._open(entry) if entry is not None else None
+            if fd is not None and entry is not None:
+                return entry, fd
+            left = deadline - loop.time()
+            if left <= 0 or (may_come and not self._may_be_published(name)):
+                return None
+            self.hooks.nudge(name)
+            await self.store.wait_change(min(left, 0.25))
 
     async def _send(self, request: web.Request, entry: Entry, fd: int) -> web.StreamResponse:
         size = entry.size_bytes

@@ -108,11 +108,11 @@ class ArtifactWatcher:
             )
 
     async def _first_scan(self) -> None:
-        await self.scan(retry=True)
+        await self.scan()
         self.first_scan.set()
 
     async def _rescan(self) -> None:
-        await self.scan(retry=True)
+        await self.scan()
 
     # ---- examining paths -------------------------------------------------------------
 
@@ -150,7 +150,7 @@ class ArtifactWatcher:
         except Transient as e:
             # Out of descriptors or memory: "missing" would be a lie. Reconcile once there is room.
             self._note_retry("examine", e)
-            await self.scan(retry=True)
+            await self.scan()
             return
         for (path, rel), st in zip(wanted, stats, strict=True):
             if st is None:
@@ -193,10 +193,10 @@ class ArtifactWatcher:
         prefix = rel + "/"
         return [n for n in self.store.entries if n == rel or n.startswith(prefix)]
 
-    async def scan(self, *, retry: bool = False, deadline: float | None = None) -> bool:
+    async def scan(self, *, deadline: float | None = None) -> None:
         """Full reconciliation with the disk: the safety net under the events (SPEC 3). A listing cut
-        short by a temporary error (EMFILE...) changes nothing: False, or with `retry`, again after a
-        backoff until it works (or `deadline`, monotonic, passes)."""
+        short by a temporary error (EMFILE...) changes nothing and is tried again after a backoff until it
+        works (or `deadline`, monotonic, passes)."""
         attempt = 0
         while True:
             try:
@@ -205,8 +205,8 @@ class ArtifactWatcher:
             except Transient as e:
                 self._note_retry("scan", e)
                 attempt += 1
-                if not retry or (deadline is not None and time.monotonic() >= deadline):
-                    return False
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
                 await asyncio.sleep(backoff(attempt))
         on_disk: set[str] = set()
         links: set[str] = set()
@@ -227,7 +227,6 @@ class ArtifactWatcher:
             rejected_add=[Rejected(p, "symlink", "symbolic links are never published") for p in links - symlink_keys],
             rejected_remove=list(symlink_keys - links),
         )
-        return True
 
     # ---- publishing --------------------------------------------------------------------
 
@@ -310,7 +309,7 @@ class ArtifactWatcher:
     async def flush(self, timeout: float) -> None:
         """Finalization: rescan, then wait (bounded) until nothing is settling or being published."""
         deadline = time.monotonic() + timeout
-        await self.scan(retry=True, deadline=deadline)
+        await self.scan(deadline=deadline)
         await self.settler.drain(deadline)
 
 
