@@ -56,7 +56,7 @@ class _Retry(Exception):
         self.wait = wait
 
 
-def _download_failed(pushed: bytes, answer: bytes) -> bool:
+def _download_failed(pushed_url: str | None, answer: bytes) -> bool:
     """True when a cache-mode answer's JSON `url` is the `url` that was pushed."""
     try:
         doc = json.loads(answer)
@@ -64,8 +64,19 @@ def _download_failed(pushed: bytes, answer: bytes) -> bool:
         return False
     if not isinstance(doc, dict) or "url" not in doc:
         return False
-    sent = json.loads(pushed)["artifact"].get("url")
-    return sent is not None and doc["url"] == sent
+    return pushed_url is not None and doc["url"] == pushed_url
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Push:
+    """One push: the whole manifest (manifest mode), or one artifact (cache mode: `name`, `sha256`, `url`)."""
+
+    key: str  # the Idempotency-Key
+    body: bytes
+    version: int
+    name: str | None = None
+    sha256: str | None = None
+    url: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,14 +189,14 @@ class Pusher:
                     self._queue.pop(name, None)
         self._synced = store.version
 
-    def _next(self) -> tuple[str, bytes, str | None, int] | None:
-        """(Idempotency-Key, body, name or None, version) of the newest thing not yet acknowledged."""
+    def _next(self) -> _Push | None:
+        """The newest thing not yet acknowledged."""
         store = self.store
         if self.mode == "manifest":
             key = f"{store.sidecar_id}:{store.version}"
             if store.version <= self.acked_version or key in self.failed:
                 return None
-            return key, store.body(), None, store.version
+            return _Push(key, store.body(), store.version)
         self._sync()
         gone: list[str] = []
         work = None
@@ -203,8 +214,9 @@ class Pusher:
             del self._queue[name]
         if work is not None:
             key, name, e = work
-            body = json.dumps({"chatId": self.chat_id, "artifact": self._artifact(e)}).encode()
-            return key, body, name, store.version
+            artifact = self._artifact(e)
+            body = json.dumps({"chatId": self.chat_id, "artifact": artifact}).encode()
+            return _Push(key, body, store.version, name, e.sha256, artifact.get("url"))
         return None
 
     def _artifact(self, e: Entry) -> dict[str, Any]:
@@ -239,17 +251,16 @@ class Pusher:
                 if self._next() is None:
                     await self._idle(3600)
                 continue
-            key, body, name, version = work
             try:
-                await self._post(session, key, body, name, version)
+                await self._post(session, work)
                 attempt = 0
             except _Retry as r:
                 wait = r.wait if r.wait is not None else backoff_delay(attempt, self.rng)
                 self.metrics.push_attempts.labels(outcome="retry").inc()
                 log.info(
                     "push.retry",
-                    key=key,
-                    version=version,
+                    key=work.key,
+                    version=work.version,
                     attempt=attempt + 1,
                     wait_s=round(wait, 3),
                     reason=r.reason,
@@ -275,28 +286,26 @@ class Pusher:
         while self.store.version == version:
             await self.store.wait_change(3600)
 
-    async def _post(
-        self, session: aiohttp.ClientSession, key: str, body: bytes, name: str | None, version: int
-    ) -> None:
+    async def _post(self, session: aiohttp.ClientSession, push: _Push) -> None:
+        key, version, name = push.key, push.version, push.name
         try:
-            async with session.post(self.url, data=body, headers={"Idempotency-Key": key}) as resp:
+            async with session.post(self.url, data=push.body, headers={"Idempotency-Key": key}) as resp:
                 answer = await resp.read()
                 status = resp.status
                 retry_after = retry_after_seconds(resp.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             raise _Retry(type(e).__name__) from None
-        if 200 <= status < 300 and name is not None and _download_failed(body, answer):
+        if 200 <= status < 300 and name is not None and _download_failed(push.url, answer):
             # The Janus cache route's way of saying its download failed: it echoes the url (SPEC 7).
             raise _Retry("the UI could not download the artifact", retry_after)
         if 200 <= status < 300:
             self.metrics.push_attempts.labels(outcome="ok").inc()
-            if name is None:
+            if name is None or push.sha256 is None:
                 self.acked_version = max(self.acked_version, version)
             else:
-                sha = json.loads(body)["artifact"]["sha256"]
-                self.acked[name] = sha
+                self.acked[name] = push.sha256
                 if self.deliveries is not None:
-                    self.deliveries.acknowledged(sha)  # the UI holds this content: it counts as downloaded
+                    self.deliveries.acknowledged(push.sha256)  # the UI holds this content: counts as downloaded
             self._dirty = True
             await self._persist()
             log.info("push.ok", key=key, version=version, status=status, name=name)

@@ -406,7 +406,7 @@ class TestSeams:
         hold.ended.set()  # no new manifest version: only the hold's event wakes it
         await asyncio.wait_for(idle, 1)
         work = p._next()
-        assert work is not None and work[2] == "a.txt"
+        assert work is not None and work.name == "a.txt"
 
     async def test_deliveries_are_on_disk_before_the_acknowledgements(self, tmp_path):
         """Writing push.json first has the deliveries save every acknowledged content (Deliveries' promise)."""
