@@ -13,13 +13,11 @@ import json
 import os
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
-from support.helpers import Sidecar, raw_request, sha256, wait_manifest
+from support.helpers import Sidecar, fetch, raw_request, sha256, wait_manifest
 from yarl import URL
 
 from sidecar.compat import SkyvernRoutes
@@ -47,11 +45,6 @@ def route(sc: Sidecar, kind: str, path: str, extra: str = "") -> URL:
 
 def abs_path(sc: Sidecar, name: str) -> str:
     return str(sc.workspace.artifacts) + "/" + name
-
-
-async def fetch(http: aiohttp.ClientSession, method: str, url: str | URL, **kw: Any) -> tuple[int, Any, bytes]:
-    async with http.request(method, url, **kw) as resp:
-        return resp.status, resp.headers, await resp.read()
 
 
 @pytest.fixture

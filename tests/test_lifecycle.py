@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.helpers import entry, get_manifest, names, sha256, wait_for, wait_manifest
+from support.helpers import accepts, entry, get_manifest, names, sha256, wait_for, wait_manifest
 from support.machine import mount_tmpfs, umount
 
 from sidecar.lifecycle import open_url
@@ -340,12 +340,6 @@ class TestFinalEvent:
                 r.cancel()
         for got, _ in streams:
             assert ("state", {"version": got[-1][1]["version"], "state": "final"}) in got, got
-
-
-def accepts(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-    return False
 
 
 class TestShutdown:

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import resource
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import aiohttp
 import pytest
 from support.helpers import entry, names, sha256, wait_for, wait_manifest
 from support.images import make_png
+from support.stalled import idle_connections
 
 IDLE = 300  # idle connections: more than a 128 or 256 descriptor limit holds
 
@@ -36,23 +36,6 @@ def limits_of(pid: int) -> tuple[int, int]:
             soft, hard = line.split()[3:5]
             return int(soft), int(hard)
     raise AssertionError("no Max open files line")
-
-
-@contextlib.contextmanager
-def idle_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
-    """`count` TCP connections to the daemon that never send a byte; all closed on exit."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                s.connect(("127.0.0.1", port))
-            socks.append(s)
-        yield socks
-    finally:
-        for s in socks:
-            s.close()
 
 
 async def get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:

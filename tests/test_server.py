@@ -19,6 +19,7 @@ from support.helpers import (
     Sidecar,
     Workspace,
     entry,
+    fetch,
     free_port,
     get_manifest,
     names,
@@ -36,11 +37,6 @@ DIGITS = b"0123456789abcdef"
 def raw(sc: Any, path: str) -> URL:
     """A URL whose path goes out exactly as written (already percent-encoded)."""
     return URL(sc.url(path), encoded=True)
-
-
-async def fetch(http: aiohttp.ClientSession, method: str, url: str | URL, **kw: Any) -> tuple[int, Any, bytes]:
-    async with http.request(method, url, **kw) as resp:
-        return resp.status, resp.headers, await resp.read()
 
 
 class TestArtifactHeaders:

@@ -10,13 +10,12 @@ import contextlib
 import errno
 import os
 import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.helpers import Sidecar, Workspace, wait_for
+from support.helpers import Sidecar, Workspace, accepts, wait_for
 
 RunSidecar = Callable[..., Awaitable[Sidecar]]
 
@@ -29,12 +28,6 @@ def _writer(fifo: Path) -> int | None:
         if e.errno == errno.ENXIO:
             return None
         raise
-
-
-def _listening(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-        return True
-    return False
 
 
 @contextlib.contextmanager
@@ -53,7 +46,7 @@ async def _signal_while_loading(sc: Sidecar, fifo: Path, *sigs: int) -> None:
             sc.signal(sig)
             await asyncio.sleep(0.1)  # two at once would be one: the kernel keeps one pending signal per kind
         await asyncio.sleep(0.3)  # time for the signal to be delivered, still before the bind
-        assert not _listening(sc.port), "the daemon was meant to be held before the bind"
+        assert not accepts(sc.port), "the daemon was meant to be held before the bind"
     finally:
         os.close(fd)
 

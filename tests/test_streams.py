@@ -1,7 +1,7 @@
 """sidecar.streams, through a real daemon: clients that never read cannot exhaust its memory (SPEC 9).
 
 Each such client is a raw socket with a small receive buffer that sends its request and reads nothing.
-The many artifacts are published before the daemon starts (tests/bulk.py), so each test takes seconds.
+The many artifacts are published before the daemon starts (tests/support/bulk.py), so each test takes seconds.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ import aiohttp
 from aiohttp import web
 from support.machine import INOTIFY_QUEUE, mount_tmpfs, umount
 from support.squeeze import idle_flood, low_nofile
+from support.stalled import RCVBUF
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = Path(__file__).with_name("agent.py")
@@ -269,7 +270,7 @@ async def non_reading_clients(
                 for _ in range(count):
                     s = socket.socket()
                     batch.append(s)
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
                     s.setblocking(False)
                     await loop.sock_connect(s, ("127.0.0.1", port))
                     await loop.sock_sendall(s, f"GET {path} HTTP/1.1\r\nHost: e2e\r\n\r\n".encode())

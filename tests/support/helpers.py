@@ -28,9 +28,11 @@ __all__ = (
     "REPO_ROOT",
     "Sidecar",
     "Workspace",
+    "accepts",
     "daemon_env",
     "descendants",
     "entry",
+    "fetch",
     "free_port",
     "get_manifest",
     "names",
@@ -52,6 +54,19 @@ STOP_TIMEOUT_S = 3.0
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def accepts(port: int) -> bool:
+    """Whether something accepts a TCP connection on 127.0.0.1:`port` now."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+    return False
+
+
+async def fetch(http: aiohttp.ClientSession, method: str, url: Any, **kw: Any) -> tuple[int, Any, bytes]:
+    """(status, headers, body) of one request."""
+    async with http.request(method, url, **kw) as resp:
+        return resp.status, resp.headers, await resp.read()
 
 
 def free_port() -> int:

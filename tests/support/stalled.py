@@ -7,7 +7,7 @@ import resource
 import socket
 from collections.abc import Iterator
 
-__all__ = ("RCVBUF", "stalled_clients")
+__all__ = ("RCVBUF", "idle_connections", "stalled_clients")
 
 RCVBUF = 4096  # a small receive buffer, so the kernel holds little of what the server sends each one
 
@@ -32,3 +32,20 @@ def stalled_clients(port: int, request: bytes, count: int) -> Iterator[list[sock
         for s in socks:
             s.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+@contextlib.contextmanager
+def idle_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
+    """`count` TCP connections to the daemon that never send a byte; all closed on exit."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(("127.0.0.1", port))
+            socks.append(s)
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
