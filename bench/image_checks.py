@@ -8,19 +8,18 @@ starts each image a few times on the host network (a free 127.0.0.1 port) and wr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from servers import free_port, http_status
 
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -32,31 +31,22 @@ def _podman(*args: str, timeout: float = 120) -> str:
     return subprocess.run(["podman", *args], capture_output=True, text=True, check=True, timeout=timeout).stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ready(port: int) -> bool:
-    url = f"http://127.0.0.1:{port}/readyz"
-    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
-        return bool(resp.status == 200)
-    return False
+def _readyz(port: int) -> bool:
+    return http_status(port, "/readyz") == 200
 
 
 def _one_start(image: str) -> dict[str, float]:
     """`podman run -d` -> /readyz seen from the host, and the sidecar's own exec -> /readyz (PID 1's start time
     against CLOCK_BOOTTIME: the container shares the host's kernel clock), then PID 1's RSS after IDLE_S."""
     name = f"sidecar-bench-{secrets.token_hex(4)}"
-    port = _free_port()
+    port = free_port()
     t0 = time.monotonic()
     _podman(
         "run", "-d", "--name", name, "--no-healthcheck", "--network", "host",
         "-e", "SIDECAR_HOST=127.0.0.1", "-e", f"SIDECAR_PORT={port}", image, "sleep", "infinity",
     )  # fmt: skip
     try:
-        while not _ready(port):
+        while not _readyz(port):
             if time.monotonic() - t0 > READY_TIMEOUT_S:
                 raise RuntimeError(f"{image}: no /readyz within {READY_TIMEOUT_S:.0f} s")
             time.sleep(0.005)
