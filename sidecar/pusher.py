@@ -32,6 +32,7 @@ PUSH_TIMEOUT_S = 10.0
 RETRY_AFTER_CAP_S = 120.0
 RETRYABLE = frozenset({408, 425, 429})
 STATE_FILE = "push.json"
+LAST_TRY_MARGIN_S = 0.25  # in settle, the last retry starts at least this long before the deadline
 SAVE_EVERY_S = 0.25  # acknowledgements are written at most this often (and when idle, and at the end)
 
 
@@ -114,6 +115,7 @@ class Pusher:
         self.rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self._throttle = Throttle()  # one persist_failed line a second at most
         self._stopping = False
+        self._last_call: float | None = None  # settle's deadline (monotonic): a retry lands before it
         # cache mode: names changed since they were last looked at, oldest first (the newest is pushed first)
         self._queue: dict[str, None] = {}
         self._synced = -1  # the store version the queue reflects; -1: rebuild from all entries
@@ -256,6 +258,9 @@ class Pusher:
                 attempt = 0
             except _Retry as r:
                 wait = r.wait if r.wait is not None else backoff_delay(attempt, self.rng)
+                left = self._last_call - time.monotonic() - LAST_TRY_MARGIN_S if self._last_call else 0.0
+                if r.wait is None and left > 0:
+                    wait = min(wait, left)  # settle's last chance: a backoff ending past it would waste it
                 self.metrics.push_attempts.labels(outcome="retry").inc()
                 log.info(
                     "push.retry",
@@ -322,6 +327,6 @@ class Pusher:
 
     async def settle(self, timeout: float) -> None:
         """Give an unacknowledged push up to `timeout` seconds (never past the grace period)."""
-        deadline = time.monotonic() + timeout
+        deadline = self._last_call = time.monotonic() + timeout
         while self._next() is not None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
