@@ -127,15 +127,15 @@ class _Out:
         if self.body is None:
             if self.request.version >= HttpVersion11:
                 self.resp.enable_chunked_encoding()  # framed by the writer (HTTP/1.0: the body ends at close)
-            self.body = await BodyWriter.start(self.request, self.resp, self.api.turns)
-        await self.body.write(data, self.api.write_timeout)
+            self.body = await BodyWriter.start(self.request, self.resp, self.api.writers)
+        await self.body.write(data)
 
     async def end(self) -> None:
         if self.body is None:
             await self.resp.prepare(self.request)
             await self.resp.write_eof()
         else:
-            await self.body.end(self.api.write_timeout)
+            await self.body.end()
 
 
 class ArchiveRoute:

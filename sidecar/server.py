@@ -29,7 +29,7 @@ from sidecar.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from sidecar.metrics import Metrics
 from sidecar.numbers import ascii_decimal, ascii_int
 from sidecar.security import bearer_ok, is_loopback_address, name_from_raw_path, signature_ok
-from sidecar.streams import SLICE, SSE_HEADERS, WRITERS, BodyWriter, Frames, Hub, Trimmer, stream_events
+from sidecar.streams import SLICE, SSE_HEADERS, BodyWriter, Frames, Hub, Trimmer, Writers, stream_events
 
 __all__ = ("API_KEY", "Api", "Hooks", "build_app")
 
@@ -129,11 +129,10 @@ class Api:
         self.any_origin = "*" in settings.cors_origins
         self.origins = frozenset(settings.cors_origins)
         self.closing = asyncio.Event()
-        self.write_timeout = settings.write_timeout
         self.hub = Hub(store)
         self.frames = Frames(store)
         self.trimmer = Trimmer()
-        self.turns = asyncio.Semaphore(WRITERS)  # big bodies take turns (sidecar.streams)
+        self.writers = Writers(settings.write_timeout)  # big bodies take turns, and stalled readers are cut
         # Another route's spelling of an artifact -> the `/artifacts/<name>` path its signature covers (compat.py).
         self.signed_path: Callable[[web.Request], str | None] = lambda request: None
 
@@ -355,9 +354,9 @@ class Api:
         resp.content_type = "application/json"
         resp.content_length = len(body)
         try:
-            out = await BodyWriter.start(request, resp, self.turns)
-            await out.write(body, self.write_timeout)
-            await out.end(self.write_timeout)
+            out = await BodyWriter.start(request, resp, self.writers)
+            await out.write(body)
+            await out.end()
         except ConnectionError as e:
             log.debug("http.client_gone", path=request.path, reason=str(e))
             self.trimmer.soon()  # a dropped connection leaves cycles behind; one that ended well does not
@@ -368,7 +367,7 @@ class Api:
         cur = ascii_int(request.headers.get("Last-Event-ID", "").strip())
         resp = web.StreamResponse(headers=SSE_HEADERS)
         resp.enable_chunked_encoding()
-        out = await BodyWriter.start(request, resp, self.turns)
+        out = await BodyWriter.start(request, resp, self.writers)
         self.hub.join(out.transport)
         subscribers = self.store.subscribers
         subscriber = subscribers.open()
@@ -379,10 +378,9 @@ class Api:
                 self.frames,
                 self.hub,
                 self.closing,
-                self.write_timeout,
                 lambda version: subscribers.sent(subscriber, version),
             )
-            await out.end(self.write_timeout)
+            await out.end()
         except ConnectionError as e:  # the subscriber went away or stopped reading: its stream simply ends
             log.debug("events.client_gone", peer=request.remote, reason=str(e))
         finally:

@@ -5,7 +5,6 @@ every subscriber; memory handed back once many clients are gone."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import gc
 import json
@@ -19,6 +18,7 @@ from aiohttp.abc import AbstractStreamWriter
 
 from sidecar.logs import get_logger
 from sidecar.manifest import Change, ManifestStore
+from sidecar.tasks import keep_running
 
 __all__ = (
     "SLICE",
@@ -29,6 +29,7 @@ __all__ = (
     "Hub",
     "StalledReader",
     "Trimmer",
+    "Writers",
     "stream_events",
 )
 
@@ -42,10 +43,15 @@ STEP = 256 * 1024
 # however many subscribers are owed a manifest, so /healthz never waits behind 1,000 of them.
 WRITERS = 4
 REAP_S = 1.0  # how soon the end of an idle event stream's connection is noticed
+STALL_CHECK_S = 1.0  # how often writers waiting on their client are looked at (Writers)
 FRAMES_KEPT = 64  # encoded changes kept for subscribers that are behind (older ones are encoded again)
 TRIM_DELAY_S = 1.0
 TRIM_MAX_WAIT_S = 10.0
 SSE_PING_S = 15.0  # SPEC 5: a comment line at least every 15 s
+PING_TICK_S = 5.0  # the Hub wakes every stream this often; a stream then sends a comment line if it is due
+# A stream's comment line is due this long after its last one: the tick after that comes within PING_TICK_S
+# (plus REAP_S, the Hub's own step), so no gap exceeds SSE_PING_S.
+PING_DUE_S = SSE_PING_S - PING_TICK_S - REAP_S
 SSE_PING = b": ping\r\n\r\n"
 SSE_HEADERS = {
     "Content-Type": "text/event-stream",
@@ -59,29 +65,65 @@ class StalledReader(ConnectionError):
     """The client took nothing for the write timeout: its connection was cut."""
 
 
+class Writers:
+    """What every BodyWriter shares: turns (WRITERS steps a loop iteration) and the write timeout.
+
+    The timeout is kept by one task that looks at every writer waiting on its client a few times a second,
+    not by a timer per writer: a timer is moved at each step, and each cancelled one stays in the loop's
+    heap until it comes due. With 1,000 stalled clients those timers (and their contexts) were made in the
+    burst and outlived it, and kept CPython's memory from going back to the system once the clients left."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.turns = asyncio.Semaphore(WRITERS)
+        self.every_s = min(STALL_CHECK_S, timeout / 4)
+        self._writing: set[BodyWriter] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def arm(self, w: BodyWriter) -> None:
+        """`w` is waiting on its client: cut it if that lasts `timeout` seconds."""
+        w.deadline = asyncio.get_running_loop().time() + self.timeout
+        self._writing.add(w)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(
+                keep_running("stalled-readers", self._watch), name="stalled-readers"
+            )
+
+    def disarm(self, w: BodyWriter) -> None:
+        self._writing.discard(w)
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._writing:
+            await asyncio.sleep(self.every_s)
+            now = loop.time()
+            for w in [w for w in self._writing if w.deadline <= now]:
+                self._writing.discard(w)
+                w.cut(self.timeout)
+
+
 class BodyWriter:
     """Writes a response body without a copy of it per connection. While the transport's buffer is empty the
     bytes go straight to the socket (`os.write`: the kernel takes what fits, nothing stays behind); once the
     kernel is full, one slice goes to the transport, whose buffer limit is 0, and the writer waits until the
-    kernel took it. A client that takes nothing for `timeout` seconds is cut (`StalledReader`); one that reads
-    slowly but steadily is not. Chunked responses (event streams) get their framing here."""
+    kernel took it. A client that takes nothing for the write timeout is cut (`StalledReader`, by `Writers`);
+    one that reads slowly but steadily is not: the deadline moves at each step. Chunked responses (event
+    streams) get their framing here."""
 
     def __init__(
-        self,
-        resp: web.StreamResponse,
-        transport: asyncio.Transport,
-        writer: AbstractStreamWriter,
-        turns: asyncio.Semaphore,
+        self, resp: web.StreamResponse, transport: asyncio.Transport, writer: AbstractStreamWriter, writers: Writers
     ) -> None:
         self.resp = resp
         self.transport = transport
         self.writer = writer
-        self.turns = turns
+        self.writers = writers
         self.fd: int = transport.get_extra_info("socket").fileno()
         self.chunked = resp.chunked
+        self.deadline = 0.0
+        self.stalled = False
 
     @classmethod
-    async def start(cls, request: web.Request, resp: web.StreamResponse, turns: asyncio.Semaphore) -> BodyWriter:
+    async def start(cls, request: web.Request, resp: web.StreamResponse, writers: Writers) -> BodyWriter:
         transport = request.transport
         if not isinstance(transport, asyncio.Transport) or transport.is_closing():
             raise ConnectionResetError("connection lost")
@@ -90,29 +132,30 @@ class BodyWriter:
         if writer is None:
             raise ConnectionResetError("connection lost")
         await writer.write(b"")  # aiohttp holds the headers back until the first write: they go out now
-        return cls(resp, transport, writer, turns)
+        return cls(resp, transport, writer, writers)
 
-    async def write(self, data: bytes, timeout: float) -> None:
+    async def write(self, data: bytes) -> None:
         if not data:
             return
         try:
-            async with asyncio.timeout(None) as deadline:
-                if self.chunked:
-                    await self._raw(f"{len(data):x}\r\n".encode(), deadline, timeout)
-                await self._raw(data, deadline, timeout)
-                if self.chunked:
-                    await self._raw(b"\r\n", deadline, timeout)
-        except TimeoutError:
-            raise self._cut(timeout) from None
+            if self.chunked:
+                await self._raw(f"{len(data):x}\r\n".encode())
+            await self._raw(data)
+            if self.chunked:
+                await self._raw(b"\r\n")
+        except ConnectionError:
+            self._stalled()
+            raise
+        finally:
+            self.writers.disarm(self)
 
-    async def _raw(self, data: bytes, deadline: asyncio.Timeout, timeout: float) -> None:
+    async def _raw(self, data: bytes) -> None:
         view = memoryview(data).cast("B")
         off, end = 0, len(view)
-        loop = asyncio.get_running_loop()
-        transport = self.transport
+        transport, writers = self.transport, self.writers
         while off < end:
-            deadline.reschedule(loop.time() + timeout)  # per step: slow readers are fine, stalled ones not
-            async with self.turns:
+            writers.arm(self)  # per step: slow readers are fine, stalled ones not
+            async with writers.turns:
                 if transport.is_closing():
                     raise ConnectionResetError("connection lost")
                 if transport.get_write_buffer_size() == 0:
@@ -131,24 +174,34 @@ class BodyWriter:
                 await asyncio.sleep(0)
             await self.writer.drain()  # at once, unless the transport holds something
 
-    async def end(self, timeout: float) -> None:
+    async def end(self) -> None:
+        self.writers.arm(self)
         try:
-            async with asyncio.timeout(timeout):
-                await self.resp.write_eof()
-        except TimeoutError:
-            raise self._cut(timeout) from None
+            await self.resp.write_eof()
+        except ConnectionError:
+            self._stalled()
+            raise
+        finally:
+            self.writers.disarm(self)
 
-    def _cut(self, timeout: float) -> StalledReader:
-        """Abort (not close: a close would wait for the buffer to drain, which it never will)."""
+    def cut(self, timeout: float) -> None:
+        """Abort (not close: a close would wait for the buffer to drain, which it never will). The write
+        waiting on the client then fails with `StalledReader`."""
         log.info("http.stalled_reader_cut", peer=self.transport.get_extra_info("peername"), timeout_s=timeout)
+        self.stalled = True
         self.transport.abort()
-        return StalledReader(f"the client read nothing for {timeout:g} s")
+
+    def _stalled(self) -> None:
+        """A write failed: raise `StalledReader` instead if it is because the client was cut."""
+        if self.stalled:
+            raise StalledReader(f"the client read nothing for {self.writers.timeout:g} s") from None
 
 
 class Hub:
-    """Wakes the event streams: at each change of the manifest, at exit, and when a subscriber's connection
-    closed. One task watches every connection once a second, instead of each idle stream waking to look
-    (aiohttp does not cancel a handler whose client left)."""
+    """Wakes the event streams: at each change of the manifest, at exit, when a subscriber's connection
+    closed, and every PING_TICK_S for their comment lines. One task watches every connection once a second,
+    instead of each idle stream waking to look (aiohttp does not cancel a handler whose client left) or
+    keeping a timer of its own for the next comment line."""
 
     def __init__(self, store: ManifestStore) -> None:
         self.store = store
@@ -159,7 +212,7 @@ class Hub:
     def join(self, transport: asyncio.BaseTransport) -> None:
         self._transports.add(transport)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._watch(self.store.version), name="sse-hub")
+            self._task = asyncio.get_running_loop().create_task(keep_running("sse-hub", self._watch), name="sse-hub")
 
     def leave(self, transport: asyncio.BaseTransport) -> None:
         self._transports.discard(transport)
@@ -168,19 +221,22 @@ class Hub:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
-    async def wait(self, timeout: float) -> None:
-        """Until the next wake-up, or `timeout` seconds."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await self._event.wait()
+    async def wait(self) -> None:
+        """Until the next wake-up (at most PING_TICK_S + REAP_S away while a stream is open)."""
+        await self._event.wait()
 
-    async def _watch(self, seen: int) -> None:
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        seen, tick = self.store.version, loop.time() + PING_TICK_S
         while self._transports:
             await self.store.wait_change(REAP_S)
             gone = {t for t in self._transports if t.is_closing()}
-            if gone or self.store.version != seen:
+            now = loop.time()
+            if gone or self.store.version != seen or now >= tick:
                 self._transports -= gone
                 seen = self.store.version
+                if now >= tick:
+                    tick = now + PING_TICK_S
                 self.wake()
 
     def close(self) -> None:
@@ -243,7 +299,6 @@ async def stream_events(
     frames: Frames,
     hub: Hub,
     closing: asyncio.Event,
-    timeout: float,
     sent: Callable[[int], None],
 ) -> None:
     """One subscriber's stream (SPEC 5): the manifest unless `cur` can be resumed, then each change, a
@@ -251,29 +306,29 @@ async def stream_events(
     hears the version of each one written, so that the exit can wait for the final one (SPEC 8)."""
     store = frames.store
     loop = asyncio.get_running_loop()
-    next_ping = loop.time() + SSE_PING_S
+    next_ping = loop.time() + PING_DUE_S
     if cur is None or store.changes_since(cur) is None:
-        cur = await _send_manifest(out, frames, timeout)
+        cur = await _send_manifest(out, frames)
     while not closing.is_set() and not out.transport.is_closing():
         sent(cur)
         changes = store.changes_since(cur)
         if changes is None:
-            cur = await _send_manifest(out, frames, timeout)
+            cur = await _send_manifest(out, frames)
         elif changes:
             for ch in changes:
-                await out.write(frames.change(ch), timeout)
+                await out.write(frames.change(ch))
                 cur = ch.version
         elif loop.time() >= next_ping:
-            await out.write(SSE_PING, timeout)
-            next_ping = loop.time() + SSE_PING_S
+            await out.write(SSE_PING)
+            next_ping = loop.time() + PING_DUE_S
         else:
-            await hub.wait(next_ping - loop.time())
+            await hub.wait()
 
 
-async def _send_manifest(out: BodyWriter, frames: Frames, timeout: float) -> int:
+async def _send_manifest(out: BodyWriter, frames: Frames) -> int:
     version, head, body, tail = frames.manifest()
     for part in (head, body, tail):
-        await out.write(part, timeout)
+        await out.write(part)
     return version
 
 
@@ -293,25 +348,27 @@ class Trimmer:
     aged into the oldest generation; and glibc keeps freed heap unless asked. Both would keep RSS near its
     peak after 1,000 subscribers left. So: one `gc.collect()` and a `malloc_trim(0)` (in a worker thread:
     ctypes drops the GIL) a second after the last of a run of releases, and at least every 10 s while
-    releases go on."""
+    releases go on. One timer at a time, moved when it comes due: cancelling and remaking it at each of
+    1,000 releases would leave 1,000 cancelled timers in the loop's heap for a second."""
 
     def __init__(self) -> None:
         self._trim = _malloc_trim()
         self._handle: asyncio.TimerHandle | None = None
-        self._first = 0.0
+        self._first = self._last = 0.0
 
     def soon(self) -> None:
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        self._last = now = loop.time()
         if self._handle is None:
             self._first = now
-        elif now - self._first < TRIM_MAX_WAIT_S:
-            self._handle.cancel()
-        else:
-            return
-        self._handle = loop.call_at(now + TRIM_DELAY_S, self._run)
+            self._handle = loop.call_at(now + TRIM_DELAY_S, self._due)
 
-    def _run(self) -> None:
+    def _due(self) -> None:
+        loop = asyncio.get_running_loop()
+        at = min(self._last + TRIM_DELAY_S, self._first + TRIM_MAX_WAIT_S)
+        if loop.time() < at:
+            self._handle = loop.call_at(at, self._due)
+            return
         self._handle = None
         t0 = time.perf_counter()
         found = gc.collect()
