@@ -18,7 +18,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ("NotRegular", "open_dir_nofollow", "open_path_beneath", "open_regular_beneath")
+__all__ = ("NotRegular", "Root", "open_dir_nofollow", "open_path_beneath", "open_regular_beneath")
 
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
@@ -84,6 +84,43 @@ def open_dir_nofollow(path: Path | str, flags: int = _DIR_PATH) -> int:
     return os.open(path, flags | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
+class Root:
+    """A directory kept open (O_NOFOLLOW) to resolve names beneath it, as serving does for every request:
+    opening its path each time cost as much again as opening the name. Opened again only when its path
+    has come to name another directory (replaced, or created after the first look); a symlink put in its
+    place is never opened, and the directory held stays in use."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._id: tuple[int, int] | None = None
+
+    def fd(self) -> int:
+        """The directory's fd; OSError when there is none to open."""
+        if self._fd is None:
+            self._open()
+        assert self._fd is not None
+        return self._fd
+
+    def moved(self) -> bool:
+        """True when the path names another directory than the one held, which is now held instead."""
+        try:
+            st = os.stat(self.path, follow_symlinks=False)
+            if (st.st_dev, st.st_ino) == self._id or not stat.S_ISDIR(st.st_mode):
+                return False
+            self._open()
+        except OSError:
+            return False
+        return True
+
+    def _open(self) -> None:
+        fd = open_dir_nofollow(self.path)
+        st = os.fstat(fd)
+        old, self._fd, self._id = self._fd, fd, (st.st_dev, st.st_ino)
+        if old is not None:
+            os.close(old)
+
+
 def _walk(dirfd: int, name: str, leaf_flags: int) -> int:
     """The component-by-component fallback: every directory O_NOFOLLOW, relative to the one before."""
     parts = name.split("/")
@@ -106,6 +143,12 @@ def open_path_beneath(dirfd: int, name: str) -> int:
     """An O_PATH fd of dirfd/name: no symlink anywhere on the way (ELOOP), nothing outside (EXDEV)."""
     if "\0" in name:  # a C string would end there: another, shorter name
         raise OSError(errno.EINVAL, "NUL in a name", name)
+    if "/" not in name:
+        # One component: O_NOFOLLOW relative to dirfd is all that RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS would
+        # check, without the ctypes call (serving opens a name per request; most artifacts are top-level).
+        if name in ("", ".", ".."):
+            raise OSError(errno.EXDEV, "not a plain relative name", name)
+        return os.open(name, _PATH, dir_fd=dirfd)
     fd = _openat2(dirfd, name, _PATH)
     return fd if fd is not None else _walk(dirfd, name, _PATH)
 

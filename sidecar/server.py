@@ -18,7 +18,7 @@ from urllib.parse import quote
 from aiohttp import hdrs, web
 
 from sidecar.archive import add_archive_route
-from sidecar.beneath import open_regular_beneath
+from sidecar.beneath import Root, open_regular_beneath
 from sidecar.compat import add_skyvern_routes
 from sidecar.conditional import Validators, decide, weak_match
 from sidecar.config import Settings
@@ -122,6 +122,7 @@ class Api:
     def __init__(self, settings: Settings, store: ManifestStore, metrics: Metrics, hooks: Hooks) -> None:
         self.settings = settings
         self.root = settings.artifacts_dir.absolute()
+        self.root_dir = Root(self.root)  # kept open: names are resolved beneath it at every request
         self.store = store
         self.metrics = metrics
         self.hooks = hooks
@@ -232,11 +233,19 @@ class Api:
         """The published inode itself, or None when the file changed since publication. Resolved beneath
         the root without following a symlink anywhere, and checked before it is opened for reading: a
         FIFO or a device swapped in for a published file is never read (sidecar.beneath, SPEC 9)."""
-        try:
-            fd, _ = open_regular_beneath(self.root, entry.name, lambda st: Identity.of(st) == entry.identity)
-        except OSError:
-            return None
-        return fd
+
+        def published(st: os.stat_result) -> bool:
+            return Identity.of(st) == entry.identity
+
+        for _ in range(2):
+            try:
+                fd, _ = open_regular_beneath(self.root_dir.fd(), entry.name, published)
+            except OSError:
+                if self.root_dir.moved():  # the folder was replaced since it was opened: look in the new one
+                    continue
+                return None
+            return fd
+        return None
 
     async def artifact(self, request: web.Request) -> web.StreamResponse:
         if request.method not in (hdrs.METH_GET, hdrs.METH_HEAD):

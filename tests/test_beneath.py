@@ -57,10 +57,22 @@ class TestOpenRegularBeneath:
         assert stat.S_ISREG(st.st_mode) and _read(fd) == b"inside"
 
     @pytest.mark.parametrize(
-        "name", ["inlink/x.txt", "outlink/x.txt", "leaf.txt", "../outside/x.txt", "sub/../../x", "sub/x.txt\0.png"]
+        "name",
+        [
+            "inlink/x.txt",
+            "outlink/x.txt",
+            "leaf.txt",
+            "../outside/x.txt",
+            "sub/../../x",
+            "sub/x.txt\0.png",
+            "..",
+            ".",
+            "",
+        ],
     )
     def test_no_symlink_anywhere_and_nothing_outside(self, tree, resolver, name):
-        """A symlinked folder (inside or pointing out), a symlinked leaf and `..` out of root are refused."""
+        """A symlinked folder (inside or pointing out), a symlinked leaf, `..` out of root, and root itself
+        or its parent as a one-component name are refused."""
         with pytest.raises(OSError):
             fd, _ = open_regular_beneath(tree, name)
             os.close(fd)

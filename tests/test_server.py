@@ -556,6 +556,29 @@ class TestSettling:
         assert (status, body) == (200, b"version two, longer")
         assert headers["ETag"] == f'"{sha256(body)}"'
 
+    async def test_a_replaced_artifacts_dir_is_served_from_the_new_one(self, run_sidecar, workspace, http):
+        """The server keeps the artifacts dir open between requests; once the agent replaces the folder
+        (moved away, made again), files published in the new one are served, not looked for in the old.
+        (The watch stays on the first folder; the rescan, every second here, finds the new one's files.)"""
+        ws = workspace()
+        ws.write("a.txt", b"in the first folder")
+        sc = await run_sidecar("--rescan-interval", "1")
+        await wait_manifest(http, sc, lambda d: "a.txt" in names(d))
+        assert (await fetch(http, "GET", sc.url("/artifacts/a.txt")))[2] == b"in the first folder"
+        ws.artifacts.rename(ws.root / "moved-away")
+        ws.artifacts.mkdir()
+        ws.write("a.txt", b"in the second folder, longer")
+        ws.write("b.txt", b"only in the second")
+
+        def both_new(d: dict[str, Any]) -> bool:
+            sizes = {a["name"]: a["size_bytes"] for a in d["artifacts"]}
+            return "b.txt" in sizes and sizes.get("a.txt") == 28
+
+        await wait_manifest(http, sc, both_new, timeout=20)
+        assert (await fetch(http, "GET", sc.url("/artifacts/b.txt")))[:3:2] == (200, b"only in the second")
+        status, _, body = await fetch(http, "GET", sc.url("/artifacts/a.txt"))
+        assert (status, body) == (200, b"in the second folder, longer")
+
 
 class TestManifestAndEvents:
     async def test_manifest_etag_and_long_poll(self, run_sidecar, workspace, http):
