@@ -45,6 +45,7 @@ MASK = (
     | Mask.MOVED_TO
     | Mask.DELETE
     | Mask.DELETE_SELF
+    | Mask.MOVE_SELF
     | Mask.ONLYDIR
     | Mask.DONT_FOLLOW
     | Mask.EXCL_UNLINK
@@ -242,6 +243,11 @@ class TreeWatch:
                 self.dirs.pop(watch.wd, None)
                 if path == str(self.root):
                     raise RootGone(f"{path} was removed")
+            if Mask.MOVE_SELF in mask and path == str(self.root):
+                # Moved away (`mv artifacts old`): the watch would follow it, and a folder made again under
+                # the name would only be seen by the next rescan. (Other directories' moves are seen from
+                # their parent: MOVED_FROM / MOVED_TO.)
+                raise RootGone(f"{path} was moved away")
             paths[path] = None
 
 

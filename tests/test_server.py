@@ -558,11 +558,10 @@ class TestSettling:
 
     async def test_a_replaced_artifacts_dir_is_served_from_the_new_one(self, run_sidecar, workspace, http):
         """The server keeps the artifacts dir open between requests; once the agent replaces the folder
-        (moved away, made again), files published in the new one are served, not looked for in the old.
-        (The watch stays on the first folder; the rescan, every second here, finds the new one's files.)"""
+        (moved away, made again), files published in the new one are served, not looked for in the old."""
         ws = workspace()
         ws.write("a.txt", b"in the first folder")
-        sc = await run_sidecar("--rescan-interval", "1")
+        sc = await run_sidecar()
         await wait_manifest(http, sc, lambda d: "a.txt" in names(d))
         assert (await fetch(http, "GET", sc.url("/artifacts/a.txt")))[2] == b"in the first folder"
         ws.artifacts.rename(ws.root / "moved-away")

@@ -139,6 +139,19 @@ class TestEvents:
         await wait_manifest(http, sc, lambda d: names(d) == ["y.txt"])
         assert sc.events("watch.root_gone")
 
+    async def test_artifacts_dir_moved_away_and_made_again(self, run_sidecar, workspace, http):
+        """The artifacts dir moved away (`mv artifacts old`) and made again: the new folder is watched, and a
+        file in it is published long before the periodic rescan (30 s); what moved away is gone."""
+        ws = workspace()
+        sc = await run_sidecar()
+        ws.write("x.txt", b"x")
+        await wait_manifest(http, sc, lambda d: names(d) == ["x.txt"])
+        ws.artifacts.rename(ws.root / "moved-away")
+        ws.artifacts.mkdir()
+        ws.write("y.txt", b"y")
+        await wait_manifest(http, sc, lambda d: names(d) == ["y.txt"], timeout=8)
+        assert sc.events("watch.root_gone")
+
     async def test_queue_overflow_rescans_at_once(self, run_sidecar, workspace, http):
         """With an inotify queue of 16 events, a burst of 500 files overflows it: the overflow is noticed
         and answered by a rescan, so every file is published long before the periodic rescan (30 s)."""
