@@ -82,12 +82,11 @@ class Writers:
 
     def arm(self, w: BodyWriter) -> None:
         """`w` is waiting on its client: cut it if that lasts `timeout` seconds."""
-        w.deadline = asyncio.get_running_loop().time() + self.timeout
+        loop = asyncio.get_running_loop()
+        w.deadline = loop.time() + self.timeout
         self._writing.add(w)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(
-                keep_running("stalled-readers", self._watch), name="stalled-readers"
-            )
+            self._task = loop.create_task(keep_running("stalled-readers", self._watch), name="stalled-readers")
 
     def disarm(self, w: BodyWriter) -> None:
         self._writing.discard(w)

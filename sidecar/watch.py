@@ -45,11 +45,14 @@ MASK = (
     | Mask.MOVED_TO
     | Mask.DELETE
     | Mask.DELETE_SELF
-    | Mask.MOVE_SELF
     | Mask.ONLYDIR
     | Mask.DONT_FOLLOW
     | Mask.EXCL_UNLINK
 )
+# The root's own watch also hears it move away (`mv artifacts old`): the watch would follow the folder, and
+# one made again under the name would only be seen by the next rescan. Other directories' moves are seen
+# from their parent (MOVED_FROM / MOVED_TO).
+ROOT_MASK = MASK | Mask.MOVE_SELF
 OVERFLOW = "\0overflow"  # in a batch: events were lost, rescan everything
 # When polling, watchfiles groups events: it yields once no new event came for STEP_MS, at the latest
 # after DEBOUNCE_MS.
@@ -115,7 +118,7 @@ class TreeWatch:
                 await asyncio.sleep(0)
                 slice_end = time.monotonic() + SLICE_S
             try:
-                watch = self.ino.add_watch(path, MASK)
+                watch = self.ino.add_watch(path, ROOT_MASK if path == root else MASK)
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.ENOMEM):
                     raise WatchUnavailable(f"inotify_add_watch: {e.strerror} (fs.inotify.max_user_watches)") from e
@@ -243,10 +246,7 @@ class TreeWatch:
                 self.dirs.pop(watch.wd, None)
                 if path == str(self.root):
                     raise RootGone(f"{path} was removed")
-            if Mask.MOVE_SELF in mask and path == str(self.root):
-                # Moved away (`mv artifacts old`): the watch would follow it, and a folder made again under
-                # the name would only be seen by the next rescan. (Other directories' moves are seen from
-                # their parent: MOVED_FROM / MOVED_TO.)
+            if Mask.MOVE_SELF in mask:  # only the root's watch asks for it (ROOT_MASK)
                 raise RootGone(f"{path} was moved away")
             paths[path] = None
 

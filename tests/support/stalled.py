@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import resource
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 __all__ = ("RCVBUF", "idle_connections", "stalled_clients")
 
@@ -13,39 +13,46 @@ RCVBUF = 4096  # a small receive buffer, so the kernel holds little of what the 
 
 
 @contextlib.contextmanager
-def stalled_clients(port: int, request: bytes, count: int) -> Iterator[list[socket.socket]]:
-    """`count` connections to 127.0.0.1:`port` that send `request` and never read; all closed on the way
-    out, and the descriptor limit (raised when `count` needs it) put back."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < count + 256:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
+def _connections(count: int, connect: Callable[[socket.socket], None]) -> Iterator[list[socket.socket]]:
+    """`count` TCP sockets, each set up by `connect(sock)`; all closed on the way out, whatever happened."""
     socks: list[socket.socket] = []
     try:
         for _ in range(count):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             socks.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-            s.connect(("127.0.0.1", port))
-            s.sendall(request)
+            connect(s)
         yield socks
     finally:
         for s in socks:
             s.close()
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @contextlib.contextmanager
-def idle_connections(port: int, count: int) -> Iterator[list[socket.socket]]:
-    """`count` TCP connections to the daemon that never send a byte; all closed on exit."""
-    socks: list[socket.socket] = []
+def stalled_clients(port: int, request: bytes, count: int) -> Iterator[list[socket.socket]]:
+    """`count` connections to 127.0.0.1:`port` that send `request` and never read; all closed on the way
+    out, and the descriptor limit (raised when `count` needs it) put back."""
+
+    def send(s: socket.socket) -> None:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        s.connect(("127.0.0.1", port))
+        s.sendall(request)
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < count + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
     try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                s.connect(("127.0.0.1", port))
-            socks.append(s)
-        yield socks
+        with _connections(count, send) as socks:
+            yield socks
     finally:
-        for s in socks:
-            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def idle_connections(port: int, count: int) -> contextlib.AbstractContextManager[list[socket.socket]]:
+    """`count` TCP connections to the daemon that never send a byte; all closed on exit."""
+
+    def start(s: socket.socket) -> None:
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port))
+
+    return _connections(count, start)
