@@ -70,8 +70,8 @@ class Writers:
 
     The timeout is kept by one task that looks at every writer waiting on its client a few times a second,
     not by a timer per writer: a timer is moved at each step, and each cancelled one stays in the loop's
-    heap until it comes due. With 1,000 stalled clients those timers (and their contexts) were made in the
-    burst and outlived it, and kept CPython's memory from going back to the system once the clients left."""
+    heap until it comes due (asyncio purges them only while over half of its timers are cancelled): with
+    1,000 stalled clients, thousands of cancelled timers and their contexts, outliving the clients."""
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
