@@ -98,7 +98,7 @@ class Writers:
             now = loop.time()
             for w in [w for w in self._writing if w.deadline <= now]:
                 self._writing.discard(w)
-                w.cut(self.timeout)
+                w.cut()
 
 
 class BodyWriter:
@@ -183,10 +183,11 @@ class BodyWriter:
         finally:
             self.writers.disarm(self)
 
-    def cut(self, timeout: float) -> None:
+    def cut(self) -> None:
         """Abort (not close: a close would wait for the buffer to drain, which it never will). The write
         waiting on the client then fails with `StalledReader`."""
-        log.info("http.stalled_reader_cut", peer=self.transport.get_extra_info("peername"), timeout_s=timeout)
+        peer = self.transport.get_extra_info("peername")
+        log.info("http.stalled_reader_cut", peer=peer, timeout_s=self.writers.timeout)
         self.stalled = True
         self.transport.abort()
 
